@@ -1,0 +1,133 @@
+"""Cache stage: copy sources into the cache in batches and summarize every input's schema and length."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import xarray as xr
+
+from forge.fetch import download, make_temp_path
+from forge.openers import check_magic, get_opener, open_input
+from forge.patterns import rewrite_url
+from forge.plan import n_cache_batches, split_evenly
+from forge.recipe import XarrayZarrRecipe
+from forge.schema import InputSummary, summarize
+from forge.secrets import Lookup, env_lookup, redact_url, resolve, secret_values, with_query_secrets
+from forge.storage import Storage
+from forge.types import CacheBatch, CacheItem, RunSpec
+
+logger = logging.getLogger(__name__)
+
+Limiter = Callable[[str], AbstractContextManager]
+
+
+def no_limit(host: str) -> AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).netloc or urlsplit(url).scheme or "local"
+
+
+def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec) -> list[CacheBatch]:
+    """Group the inputs by source host into batches (enough to use each host's concurrency limit)."""
+    by_host: dict[str, list[CacheItem]] = {}
+    for key, url in recipe.pattern.items():
+        fetch_url = rewrite_url(url, run.url_rewrites)
+        by_host.setdefault(host_of(fetch_url), []).append(CacheItem(key, url, fetch_url))
+    batches = []
+    for host, items in by_host.items():
+        n = n_cache_batches(len(items), recipe.max_concurrency_per_host, recipe.cache_batch_size)
+        for i, r in enumerate(split_evenly(len(items), n)):
+            batches.append(CacheBatch(f"cache-{len(batches):04d}", host, tuple(items[r.start : r.stop])))
+    return batches
+
+
+def reads_in_place(recipe: XarrayZarrRecipe) -> bool:
+    """Zarr inputs are directories read where they are; everything else is copied into the cache."""
+    return get_opener(recipe.pattern.file_type).is_directory
+
+
+def fetch_missing(
+    recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch, lookup: Lookup = env_lookup,
+    limit: Limiter = no_limit,
+) -> int:
+    """Download every input of the batch that is not cached yet; returns how many were downloaded.
+
+    Each file is written to a staging path, checked (complete body, right file type) and only then moved
+    into the cache, so a truncated or wrong download is never taken as cached.
+    """
+    if reads_in_place(recipe):
+        return 0
+    storage = Storage(run.cache_root)
+    pattern = recipe.pattern
+    missing = [item for item in batch.items if not storage.exists(item.cache_key)]
+    if not missing:
+        return 0
+    options = resolve(dict(pattern.fsspec_open_kwargs), lookup)
+    secrets = secret_values(dict(pattern.fsspec_open_kwargs), lookup)
+    secrets += [lookup(name) or "" for name in pattern.query_string_secrets.values()]
+    staging = storage.staging_dir()
+    with limit(batch.host):
+        for item in missing:
+            display = redact_url(item.fetch_url)
+            tmp = make_temp_path(staging, item.cache_key)
+            try:
+                url = with_query_secrets(item.fetch_url, pattern.query_string_secrets, lookup)
+                size = download(url, tmp, display_url=display, options=dict(options), secrets=secrets)
+                check_magic(tmp, pattern.file_type, display)
+                storage.put_file_atomic(tmp, item.cache_key)
+            finally:
+                tmp.unlink(missing_ok=True)
+            logger.info("cached %s (%d bytes)", display, size)
+    return len(missing)
+
+
+def location_of(recipe: XarrayZarrRecipe, item: CacheItem) -> str:
+    return item.fetch_url if reads_in_place(recipe) else item.cache_key
+
+
+@contextlib.contextmanager
+def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str, raw: bool = False):
+    """An input opened lazily from the cache (or in place), with ``process_input`` applied if decoded.
+
+    ``name`` is the input's secret-free URL, used in messages and passed to ``process_input``.
+    """
+    path_cm: AbstractContextManager[Path | str] = (
+        contextlib.nullcontext(location) if reads_in_place(recipe) else storage.local_path(location)
+    )
+    with path_cm as path:
+        ds = open_input(path, recipe.pattern.file_type, name, raw=raw, open_kwargs=recipe.xarray_open_kwargs)
+        try:
+            if recipe.process_input is not None and not raw:
+                ds = recipe.process_input(ds, name)
+                if not isinstance(ds, xr.Dataset):
+                    raise TypeError(f"process_input returned {type(ds).__name__} for {name}, not a Dataset")
+            yield ds
+        finally:
+            ds.close()
+
+
+def summarize_batch(recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch) -> list[InputSummary]:
+    storage = Storage(run.cache_root)
+    out = []
+    for item in batch.items:
+        size = 0 if reads_in_place(recipe) else storage.size(item.cache_key)
+        location = location_of(recipe, item)
+        with opened(recipe, storage, location, item.url) as ds:
+            out.append(summarize(ds, item.key, item.url, location, size, recipe.concat_dim))
+    return out
+
+
+def cache_batch(
+    recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch, lookup: Lookup = env_lookup,
+    limit: Limiter = no_limit,
+) -> list[InputSummary]:
+    """The whole cache stage for one batch: fetch what is missing, then summarize every input."""
+    fetch_missing(recipe, run, batch, lookup, limit)
+    return summarize_batch(recipe, run, batch)

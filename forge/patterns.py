@@ -1,0 +1,223 @@
+"""File patterns: the set of source URLs a recipe reads, indexed by combine dimensions.
+
+The API follows pangeo-forge-recipes, so existing patterns port unchanged: the format function takes one
+keyword argument per dimension, ``ConcatDim`` concatenates files along a dimension and ``MergeDim`` merges
+files that hold different variables. Keys are generated lazily: a pattern over 225,000 keys costs nothing
+until it is iterated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from forge.secrets import Secret, check_no_plain_secrets
+
+
+@dataclass(frozen=True)
+class ConcatDim:
+    """Files are concatenated along dimension ``name``; ``keys`` are passed to the format function.
+
+    ``nitems_per_file`` is the length of each file along the dimension when known; when ``None`` the
+    lengths are discovered from the inputs while they are cached.
+    """
+
+    name: str
+    keys: Sequence[Any]
+    nitems_per_file: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nitems_per_file is not None and self.nitems_per_file < 1:
+            raise ValueError(f"ConcatDim {self.name!r}: nitems_per_file must be >= 1")
+
+
+@dataclass(frozen=True)
+class MergeDim:
+    """Files hold different variables, one file per key, merged into one dataset."""
+
+    name: str
+    keys: Sequence[Any]
+
+
+CombineDim = ConcatDim | MergeDim
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """Immutable, hashable position of one input in a pattern: one integer index per combine dimension.
+
+    Examples
+    --------
+    >>> k = Key((("time", 3), ("variable", 0)))
+    >>> k["time"]
+    3
+    >>> k.label
+    'time-3_variable-0'
+    >>> k == Key.from_dict({"time": 3, "variable": 0})
+    True
+    """
+
+    positions: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def from_dict(cls, positions: Mapping[str, int]) -> Key:
+        return cls(tuple(positions.items()))
+
+    def __getitem__(self, dim: str) -> int:
+        for name, pos in self.positions:
+            if name == dim:
+                return pos
+        raise KeyError(dim)
+
+    def replace(self, **positions: int) -> Key:
+        return Key(tuple((n, positions.get(n, p)) for n, p in self.positions))
+
+    @property
+    def label(self) -> str:
+        return "_".join(f"{n}-{p}" for n, p in self.positions)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class FilePattern:
+    """A format function over the product of combine dimensions.
+
+    Parameters
+    ----------
+    format_function
+        Called with one keyword argument per dimension (the key at that position); returns a URL.
+    *combine_dims
+        At most one :class:`ConcatDim` and any number of :class:`MergeDim`.
+    fsspec_open_kwargs
+        Options for opening sources (``auth=(user, Secret("PASSWORD_VAR"))``, ``headers=...``).
+        Secret values must be given as :class:`~forge.secrets.Secret` names, never as plain strings.
+    query_string_secrets
+        Query parameter name -> secret name, appended to each URL when it is fetched. The URL as written in
+        the recipe, the cache path, logs and store attributes never contain the value.
+    file_type
+        One of the types in :mod:`forge.openers` (``netcdf4``, ``netcdf3``, ``zarr``, ``grib``).
+    """
+
+    format_function: Callable[..., str]
+    combine_dims: tuple[CombineDim, ...]
+    fsspec_open_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    query_string_secrets: Mapping[str, str] = field(default_factory=dict)
+    file_type: str = "netcdf4"
+
+    def __init__(
+        self,
+        format_function: Callable[..., str],
+        *combine_dims: CombineDim,
+        fsspec_open_kwargs: Mapping[str, Any] | None = None,
+        query_string_secrets: Mapping[str, str] | None = None,
+        file_type: str = "netcdf4",
+    ) -> None:
+        names = [d.name for d in combine_dims]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate combine dimension names: {names}")
+        if sum(isinstance(d, ConcatDim) for d in combine_dims) > 1:
+            raise ValueError("a FilePattern supports at most one ConcatDim (and any number of MergeDims)")
+        params = inspect.signature(format_function).parameters
+        has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        missing = [n for n in names if n not in params and not has_var_kw]
+        if missing:
+            raise ValueError(f"format function {format_function.__name__} has no argument(s) {missing}")
+        open_kwargs = dict(fsspec_open_kwargs or {})
+        check_no_plain_secrets(open_kwargs)
+        secrets = dict(query_string_secrets or {})
+        for param, name in secrets.items():
+            if not isinstance(name, str | Secret):
+                raise TypeError(f"query_string_secrets[{param!r}] must be a secret name")
+        object.__setattr__(self, "format_function", format_function)
+        object.__setattr__(self, "combine_dims", tuple(combine_dims))
+        object.__setattr__(self, "fsspec_open_kwargs", open_kwargs)
+        object.__setattr__(
+            self,
+            "query_string_secrets",
+            {k: v.name if isinstance(v, Secret) else v for k, v in secrets.items()},
+        )
+        object.__setattr__(self, "file_type", file_type)
+
+    # -- structure ---------------------------------------------------------------------------------
+    @property
+    def dims(self) -> dict[str, int]:
+        return {d.name: len(d.keys) for d in self.combine_dims}
+
+    @property
+    def concat_dim(self) -> ConcatDim | None:
+        return next((d for d in self.combine_dims if isinstance(d, ConcatDim)), None)
+
+    @property
+    def merge_dims(self) -> tuple[MergeDim, ...]:
+        return tuple(d for d in self.combine_dims if isinstance(d, MergeDim))
+
+    def __len__(self) -> int:
+        return math.prod(self.dims.values())
+
+    # -- keys and urls -----------------------------------------------------------------------------
+    def keys(self) -> Iterator[Key]:
+        """Keys in order (the concat dimension varies slowest when it comes first), generated lazily."""
+        names = [d.name for d in self.combine_dims]
+        for combo in itertools.product(*(range(len(d.keys)) for d in self.combine_dims)):
+            yield Key(tuple(zip(names, combo, strict=True)))
+
+    def __getitem__(self, key: Key) -> str:
+        kwargs = {d.name: d.keys[key[d.name]] for d in self.combine_dims}
+        return self.format_function(**kwargs)
+
+    def items(self) -> Iterator[tuple[Key, str]]:
+        for key in self.keys():
+            yield key, self[key]
+
+    def __iter__(self) -> Iterator[Key]:
+        return self.keys()
+
+    def prune(self, nkeep: int = 2) -> FilePattern:
+        """A copy keeping the first ``nkeep`` keys of the concat dimension (all merge keys are kept)."""
+        if nkeep < 1:
+            raise ValueError("prune: nkeep must be >= 1")
+        dims = tuple(
+            ConcatDim(d.name, list(d.keys[:nkeep]), d.nitems_per_file) if isinstance(d, ConcatDim) else d
+            for d in self.combine_dims
+        )
+        return FilePattern(
+            self.format_function,
+            *dims,
+            fsspec_open_kwargs=self.fsspec_open_kwargs,
+            query_string_secrets=self.query_string_secrets,
+            file_type=self.file_type,
+        )
+
+    def sha256(self) -> str:
+        """A digest of every URL and the pattern's structure (no secret values: the pattern holds none)."""
+        h = hashlib.sha256()
+        h.update(repr((self.dims, self.file_type, sorted(self.query_string_secrets))).encode())
+        for key, url in self.items():
+            h.update(f"{key.label}={url}\n".encode())
+        return h.hexdigest()
+
+
+def rewrite_url(url: str, rewrites: Sequence[tuple[str, str]]) -> str:
+    """Apply the first matching ``(from_prefix, to_prefix)`` rewrite (a mirror or a local replica)."""
+    for old, new in rewrites:
+        if url.startswith(old):
+            return new + url[len(old) :]
+    return url
+
+
+def parse_rewrites(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Parse ``FROM=TO`` strings as given on the command line."""
+    out = []
+    for spec in specs:
+        old, sep, new = spec.partition("=")
+        if not sep or not old:
+            raise ValueError(f"--url-rewrite expects FROM=TO, got {spec!r}")
+        out.append((old, new))
+    return tuple(out)

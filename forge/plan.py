@@ -1,0 +1,93 @@
+"""The write plan: pure arithmetic over input lengths and target chunk sizes (no I/O, no xarray).
+
+Every target chunk along the concat dimension gets exactly one writer, which writes it whole (all other
+dimensions included), so writers need no locks and no region can straddle a Zarr chunk, whatever the
+combination of ``nitems_per_file`` and ``target_chunks``. A writer reads from each overlapping input only
+the slice it needs. Writers are grouped into contiguous batches; task runs grow with batches, not inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Items ``[src_start, src_stop)`` of the input at concat ``position`` go to ``dst_start`` in the chunk."""
+
+    position: int
+    src_start: int
+    src_stop: int
+    dst_start: int
+
+
+@dataclass(frozen=True)
+class ChunkWrite:
+    """Target chunk ``index`` covers ``[start, stop)`` along the concat dimension."""
+
+    index: int
+    start: int
+    stop: int
+    pieces: tuple[Piece, ...]
+
+
+def split_evenly(n: int, parts: int) -> list[range]:
+    """``range(n)`` cut into ``parts`` contiguous, near-equal, non-empty ranges (fewer if n < parts).
+
+    Examples
+    --------
+    >>> split_evenly(10, 3)
+    [range(0, 4), range(4, 7), range(7, 10)]
+    """
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+def chunk_writes(lengths: Sequence[int], chunk: int) -> list[ChunkWrite]:
+    """One :class:`ChunkWrite` per target chunk, with the input slices that fill it.
+
+    Examples
+    --------
+    >>> [(c.start, c.stop, [(p.position, p.src_start, p.src_stop) for p in c.pieces])
+    ...  for c in chunk_writes([2, 2, 2], 3)]
+    [(0, 3, [(0, 0, 2), (1, 0, 1)]), (3, 6, [(1, 1, 2), (2, 0, 2)])]
+    """
+    if chunk < 1:
+        raise ValueError("chunk size must be >= 1")
+    if any(n < 1 for n in lengths):
+        raise ValueError("every input must have at least one item along the concat dimension")
+    offsets = [0, *accumulate(lengths)]
+    total = offsets[-1]
+    writes = []
+    pos = 0
+    for index, start in enumerate(range(0, total, chunk)):
+        stop = min(start + chunk, total)
+        while offsets[pos + 1] <= start:
+            pos += 1
+        pieces = []
+        p = pos
+        while p < len(lengths) and offsets[p] < stop:
+            lo, hi = max(start, offsets[p]), min(stop, offsets[p + 1])
+            pieces.append(Piece(p, lo - offsets[p], hi - offsets[p], lo - start))
+            p += 1
+        writes.append(ChunkWrite(index, start, stop, tuple(pieces)))
+    return writes
+
+
+def batch_chunks(writes: Sequence[ChunkWrite], max_batches: int) -> list[tuple[ChunkWrite, ...]]:
+    """Group chunk writes into at most ``max_batches`` contiguous batches."""
+    return [tuple(writes[r.start : r.stop]) for r in split_evenly(len(writes), max_batches)]
+
+
+def default_chunk(item_bytes: int, total: int, target_bytes: int = 64 * 2**20) -> int:
+    """Items per chunk so that the largest variable's chunk is about ``target_bytes`` (at least 1)."""
+    return max(1, min(total, target_bytes // max(1, item_bytes)))
+
+
+def n_cache_batches(n_inputs: int, max_concurrency: int, batch_size: int) -> int:
+    """Enough batches to use the per-host concurrency, and none larger than ``batch_size`` inputs."""
+    return max(1, min(n_inputs, max(max_concurrency, math.ceil(n_inputs / batch_size))))

@@ -1,0 +1,19 @@
+"""The local runner: a plain loop over the stages, no orchestration. The reference every flow must match."""
+
+from __future__ import annotations
+
+from forge.caching import cache_batch, plan_cache
+from forge.recipe import XarrayZarrRecipe
+from forge.secrets import Lookup, env_lookup
+from forge.target import finalize_target, prepare_target
+from forge.types import RunSpec
+from forge.writers import store_batch
+
+
+def run_locally(recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup = env_lookup) -> dict:
+    recipe = recipe.pruned(run.prune)
+    summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
+    target, batches = prepare_target(recipe, run, summaries)
+    for batch in batches:
+        store_batch(recipe, target, batch)
+    return finalize_target(recipe, target, {"forge:runner": "local"})

@@ -1,0 +1,271 @@
+"""The target's schema, combined from small per-input summaries of *all* inputs (not the first file).
+
+:func:`summarize` turns one opened input into an :class:`InputSummary` (dims, variables, dtypes, CF
+encoding, attrs, the concat coordinate's values and a digest of every static variable). :func:`combine`
+checks that the summaries agree and returns a :class:`Template`. Disagreements fail here, before anything
+is written, with a message naming the file(s) and the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from forge.openers import InputError
+from forge.patterns import Key
+from forge.times import unify_time_encoding
+
+CF_ENCODING_KEYS = ("dtype", "scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
+
+
+@dataclass(frozen=True)
+class VariableSummary:
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    attrs: dict[str, Any]
+    encoding: dict[str, Any]
+    is_coord: bool
+    digest: str | None = None  # of the values, for variables without the concat dimension
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    key: Key
+    url: str  # as in the recipe, secret-free
+    location: str  # where the stages read it: a cache key, or a URL for inputs read in place
+    size: int
+    dims: dict[str, int]
+    variables: tuple[VariableSummary, ...]
+    attrs: dict[str, Any]
+    concat_values: np.ndarray | None = None
+
+    def variable(self, name: str) -> VariableSummary | None:
+        return next((v for v in self.variables if v.name == name), None)
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """One variable of the target."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    attrs: dict[str, Any]
+    encoding: dict[str, Any]
+    is_coord: bool
+    source: tuple[tuple[str, int], ...]  # merge-dimension positions of the inputs that hold it
+    along_concat: bool
+    raw_ok: bool  # every input stores it exactly as the target does: copy packed values undecoded
+
+    @property
+    def encoded_dtype(self) -> np.dtype:
+        return np.dtype(self.encoding.get("dtype", self.dtype))
+
+
+@dataclass(frozen=True)
+class Template:
+    concat_dim: str | None
+    lengths: tuple[int, ...]
+    sizes: dict[str, int]
+    variables: tuple[VariableSpec, ...]
+    attrs: dict[str, Any]
+    concat_values: np.ndarray | None = None
+    concat_encoding: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def concat_variables(self) -> tuple[VariableSpec, ...]:
+        return tuple(v for v in self.variables if v.along_concat and v.name != self.concat_dim)
+
+    @property
+    def static_variables(self) -> tuple[VariableSpec, ...]:
+        return tuple(v for v in self.variables if not v.along_concat)
+
+    def digest(self) -> str:
+        h = hashlib.sha256(repr((self.concat_dim, self.lengths, sorted(self.sizes.items()))).encode())
+        for v in self.variables:
+            h.update(repr((v.name, v.dims, v.shape, str(v.dtype), _sorted_repr(v.encoding))).encode())
+        if self.concat_values is not None:
+            h.update(np.ascontiguousarray(self.concat_values).astype("datetime64[ns]", copy=False).tobytes()
+                     if self.concat_values.dtype.kind == "M" else repr(self.concat_values.tolist()).encode())
+        h.update(_sorted_repr(self.concat_encoding).encode())
+        return h.hexdigest()
+
+
+def _sorted_repr(d: Mapping) -> str:
+    return repr(sorted((k, str(v)) for k, v in d.items()))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str | bytes) or isinstance(b, str | bytes):
+        return type(a) is type(b) and a == b
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+    except TypeError:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def _digest(values: np.ndarray) -> str:
+    arr = np.ascontiguousarray(values)
+    h = hashlib.sha1(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(arr.tobytes() if arr.dtype.kind != "O" else repr(arr.tolist()).encode())
+    return h.hexdigest()
+
+
+def summarize(ds: xr.Dataset, key: Key, url: str, location: str, size: int,
+              concat_dim: str | None) -> InputSummary:
+    """Summarize one (decoded, preprocessed) input. Loads only the concat coordinate and static variables."""
+    if concat_dim is not None and concat_dim not in ds.dims:
+        raise InputError(f"{url}: has no dimension {concat_dim!r} (dimensions: {sorted(map(str, ds.dims))})")
+    variables = []
+    for name, var in ds.variables.items():
+        enc = {k: var.encoding[k] for k in CF_ENCODING_KEYS if k in var.encoding}
+        if "dtype" in enc:
+            enc["dtype"] = np.dtype(enc["dtype"])
+        static = concat_dim not in var.dims
+        variables.append(
+            VariableSummary(
+                name=str(name),
+                dims=tuple(map(str, var.dims)),
+                shape=tuple(var.shape),
+                dtype=var.dtype,
+                attrs=dict(var.attrs),
+                encoding=enc,
+                is_coord=name in ds.coords,
+                digest=_digest(var.values) if static else None,
+            )
+        )
+    concat_values = None
+    if concat_dim is not None and concat_dim in ds.variables:
+        concat_values = np.asarray(ds[concat_dim].values)
+    return InputSummary(
+        key=key,
+        url=url,
+        location=location,
+        size=size,
+        dims={str(k): int(v) for k, v in ds.sizes.items()},
+        variables=tuple(variables),
+        attrs=dict(ds.attrs),
+        concat_values=concat_values,
+    )
+
+
+def _merge_part(key: Key, concat_dim: str | None) -> tuple[tuple[str, int], ...]:
+    return tuple((n, p) for n, p in key.positions if n != concat_dim)
+
+
+def _check_same_variable(ref: VariableSummary, other: VariableSummary, ref_url: str, url: str,
+                         concat_dim: str | None) -> None:
+    name = ref.name
+    if ref.dims != other.dims:
+        raise InputError(f"variable {name!r} has dims {other.dims} in {url} but {ref.dims} in {ref_url}")
+    for dim, a, b in zip(ref.dims, ref.shape, other.shape, strict=True):
+        if dim != concat_dim and a != b:
+            raise InputError(
+                f"variable {name!r}: dimension {dim!r} has size {b} in {url} but {a} in {ref_url}"
+            )
+    if ref.dtype != other.dtype:
+        raise InputError(f"variable {name!r} has dtype {other.dtype} in {url} but {ref.dtype} in {ref_url}")
+    if ref.encoding.get("calendar", "standard") != other.encoding.get("calendar", "standard"):
+        raise InputError(
+            f"variable {name!r} uses calendar {other.encoding.get('calendar')!r} in {url} "
+            f"but {ref.encoding.get('calendar')!r} in {ref_url}"
+        )
+    if ref.digest != other.digest:
+        raise InputError(f"static variable {name!r} has different values in {url} than in {ref_url}")
+
+
+def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, preprocessed: bool = False,
+            nitems_per_file: int | None = None) -> Template:
+    """Check that all inputs agree and build the target's :class:`Template`."""
+    if not summaries:
+        raise InputError("the pattern has no inputs")
+    ordered = sorted(summaries, key=lambda s: s.key)
+    groups: dict[tuple, list[InputSummary]] = {}
+    for s in ordered:
+        groups.setdefault(_merge_part(s.key, concat_dim), []).append(s)
+
+    # Lengths along the concat dimension, per concat position; every merge group must agree.
+    lengths: dict[int, tuple[int, str]] = {}
+    for s in ordered:
+        if concat_dim is None:
+            break
+        n = s.dims[concat_dim]
+        if nitems_per_file is not None and n != nitems_per_file:
+            raise InputError(f"{s.url}: has {n} items along {concat_dim!r}, the recipe says nitems_per_file="
+                             f"{nitems_per_file}")
+        pos = s.key[concat_dim]
+        if pos in lengths and lengths[pos][0] != n:
+            raise InputError(f"{s.url} has {n} items along {concat_dim!r} but {lengths[pos][1]} has "
+                             f"{lengths[pos][0]}")
+        lengths.setdefault(pos, (n, s.url))
+    length_list = tuple(lengths[p][0] for p in sorted(lengths))
+
+    specs: dict[str, VariableSpec] = {}
+    sizes: dict[str, int] = {}
+    for merge_pos, members in groups.items():
+        ref = members[0]
+        names = {v.name for v in ref.variables}
+        for other in members[1:]:
+            other_names = {v.name for v in other.variables}
+            if names != other_names:
+                missing, extra = sorted(names - other_names), sorted(other_names - names)
+                detail = f"missing {missing}" if missing else f"unexpected {extra}"
+                raise InputError(f"{other.url}: variables differ from {ref.url}: {detail}")
+            for v in other.variables:
+                _check_same_variable(ref.variable(v.name), v, ref.url, other.url, concat_dim)
+        for dim, n in ref.dims.items():
+            if dim == concat_dim:
+                continue
+            if sizes.setdefault(dim, n) != n:
+                raise InputError(f"dimension {dim!r} has size {n} in {ref.url} but {sizes[dim]} elsewhere")
+        for v in ref.variables:
+            along = concat_dim in v.dims
+            if v.name in specs:
+                if along or v.name == concat_dim:
+                    continue
+                if specs[v.name].along_concat or not v.is_coord:
+                    raise InputError(f"variable {v.name!r} is in more than one merged input ({ref.url})")
+                continue
+            raw_ok = not preprocessed and all(
+                set(m.variable(v.name).encoding) == set(v.encoding)
+                and all(_same(m.variable(v.name).encoding[k], v.encoding[k]) for k in v.encoding)
+                for m in members
+            )
+            shape = tuple(sum(length_list) if d == concat_dim else n for d, n in zip(v.dims, v.shape, strict=True))
+            specs[v.name] = VariableSpec(v.name, v.dims, shape, v.dtype, v.attrs, dict(v.encoding), v.is_coord,
+                                         merge_pos, along, raw_ok)
+    if concat_dim is not None:
+        sizes[concat_dim] = sum(length_list)
+
+    concat_values, concat_encoding = None, {}
+    if concat_dim is not None and ordered[0].concat_values is not None:
+        concat_values, concat_encoding = _concat_coordinate(groups, concat_dim)
+    attrs = {k: v for k, v in ordered[0].attrs.items() if all(k in s.attrs and _same(s.attrs[k], v)
+                                                               for s in ordered[1:])}
+    return Template(concat_dim, length_list, sizes, tuple(specs.values()), attrs, concat_values, concat_encoding)
+
+
+def _concat_coordinate(groups: Mapping[tuple, list[InputSummary]], concat_dim: str) -> tuple[np.ndarray, dict]:
+    members = next(iter(groups.values()))
+    values = np.concatenate([s.concat_values for s in members])
+    encodings = [s.variable(concat_dim).encoding for s in members]
+    calendars = {e.get("calendar", "standard") for e in encodings}
+    if len(calendars) > 1:
+        by_cal = {e.get("calendar", "standard"): s.url for e, s in zip(encodings, members, strict=True)}
+        raise InputError(f"{concat_dim!r} calendars differ between inputs: {by_cal}")
+    if len(np.unique(values)) != len(values):
+        _, idx, counts = np.unique(values, return_index=True, return_counts=True)
+        dup = values[idx[counts > 1][0]]
+        raise InputError(f"{concat_dim!r} value {dup} appears more than once across inputs")
+    if values.dtype.kind == "M" or values.dtype.kind == "O":
+        enc = unify_time_encoding(values, encodings)
+        return values, enc
+    return values, dict(encodings[0])

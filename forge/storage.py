@@ -1,0 +1,110 @@
+"""A narrow storage interface over fsspec for the cache and the target: local disk or object storage.
+
+Writes are atomic: on local disk a temp file is renamed into place; on object stores an upload is atomic
+by nature. Credentials come from the environment the way each cloud's SDK expects (a bakery's workload
+identity); nothing here stores them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Files under ``root`` (a local path or a URL such as ``s3://bucket/prefix``)."""
+
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs, _ = fsspec.url_to_fs(self.root, **self.options)
+        return fs
+
+    @property
+    def supports_local_paths(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def url(self, key: str) -> str:
+        return join(self.root, key)
+
+    def _path(self, key: str) -> str:
+        _, path = fsspec.url_to_fs(self.url(key), **self.options)
+        return path
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def put_file_atomic(self, local: Path, key: str) -> None:
+        """Move a finished local file into storage so that readers never see a partial file."""
+        path = self._path(key)
+        if self.supports_local_paths:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, path) if _same_device(local, Path(path).parent) else _copy_rename(local, path)
+        else:
+            self.fs.put_file(str(local), path)
+            local.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """A local path to read ``key``: the file itself on local disk, a temporary copy otherwise."""
+        if self.supports_local_paths:
+            yield Path(self._path(key))
+            return
+        with tempfile.TemporaryDirectory(prefix="forge-") as d:
+            local = Path(d) / Path(key).name
+            self.fs.get_file(self._path(key), str(local))
+            yield local
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path("")
+        try:
+            found = self.fs.find(self._path(prefix)) if prefix else self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        return sorted(p[len(base) :].lstrip("/") for p in found)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def staging_dir(self) -> Path:
+        """Where downloads are written before they are moved in (on the same disk when local)."""
+        if self.supports_local_paths:
+            d = Path(self._path(".staging"))
+            d.mkdir(parents=True, exist_ok=True)
+            return d
+        return Path(tempfile.gettempdir()) / "forge-staging"
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
+def _copy_rename(src: Path, dest: str) -> None:
+    tmp = f"{dest}.part"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    src.unlink(missing_ok=True)

@@ -1,0 +1,171 @@
+"""Prepare and finalize the target store.
+
+``prepare_target`` combines the inputs' summaries into a template, writes only metadata, the concat
+coordinate and static variables, and plans the writes. ``finalize_target`` records provenance and
+consolidates metadata. A finished store with the same fingerprint is left alone, so a re-run is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask.array
+import numpy as np
+import xarray as xr
+import zarr
+
+from forge import __version__
+from forge.caching import opened
+from forge.plan import batch_chunks, chunk_writes, default_chunk
+from forge.recipe import XarrayZarrRecipe
+from forge.schema import InputSummary, Template, VariableSpec, combine
+from forge.storage import Storage
+from forge.types import RunSpec, TargetSpec, WriteBatch
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_ATTR = "forge:complete"
+FINGERPRINT_ATTR = "forge:fingerprint"
+
+
+def open_group(url: str, mode: str = "r+") -> zarr.Group:
+    return zarr.open_group(url, mode=mode)
+
+
+def _existing_attrs(url: str) -> Mapping[str, Any]:
+    try:
+        return dict(open_group(url, mode="r").attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        return {}
+
+
+def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
+    dim = template.concat_dim
+    if dim in recipe.target_chunks:
+        return recipe.target_chunks[dim]
+    item_bytes = 0
+    for v in template.concat_variables:
+        per_item = int(np.prod([n for d, n in zip(v.dims, v.shape, strict=True) if d != dim], dtype=np.int64))
+        item_bytes = max(item_bytes, per_item * v.encoded_dtype.itemsize)
+    return default_chunk(item_bytes, template.sizes[dim])
+
+
+def _chunks_for(recipe: XarrayZarrRecipe, spec: VariableSpec, template: Template, chunk: int) -> tuple[int, ...]:
+    if not spec.along_concat:
+        return spec.shape  # static variables and dimension coordinates: one chunk each
+    return tuple(chunk if d == template.concat_dim else min(n, recipe.target_chunks.get(d, n))
+                 for d, n in zip(spec.dims, spec.shape, strict=True))
+
+
+def fingerprint(recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary]) -> str:
+    h = hashlib.sha256(template.digest().encode())
+    h.update(repr((sorted(recipe.target_chunks.items()), recipe.zarr_format, sorted(recipe.attrs.items()),
+                   __version__)).encode())
+    for s in sorted(summaries, key=lambda s: s.key):
+        h.update(f"{s.key.label} {s.url} {s.size}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _template_dataset(recipe: XarrayZarrRecipe, run: RunSpec, template: Template,
+                      summaries: Sequence[InputSummary], chunk: int) -> xr.Dataset:
+    storage = Storage(run.cache_root)
+    first_of_group: dict[tuple, InputSummary] = {}
+    for s in sorted(summaries, key=lambda s: s.key):
+        first_of_group.setdefault(tuple((n, p) for n, p in s.key.positions if n != template.concat_dim), s)
+    variables: dict[str, xr.Variable] = {}
+    statics = [v for v in template.variables if not v.along_concat]
+    for source, s in first_of_group.items():
+        wanted = [v for v in statics if v.source == source]
+        if not wanted:
+            continue
+        with opened(recipe, storage, s.location, s.url) as ds:
+            for v in wanted:
+                variables[v.name] = ds[v.name].variable.load().copy()
+    for v in template.variables:
+        chunks = _chunks_for(recipe, v, template, chunk)
+        if v.name == template.concat_dim and template.concat_values is not None:
+            var = xr.Variable(v.dims, template.concat_values, attrs=v.attrs)
+            encoding = {**v.encoding, **template.concat_encoding}
+        elif v.along_concat:
+            var = xr.Variable(v.dims, dask.array.zeros(v.shape, dtype=v.dtype, chunks=chunks), attrs=v.attrs)
+            encoding = dict(v.encoding)
+        else:
+            var = variables[v.name]
+            var.attrs = dict(v.attrs)
+            encoding = dict(v.encoding)
+        var.encoding = {**encoding, "chunks": chunks}
+        variables[v.name] = var
+    coords = {v.name: variables[v.name] for v in template.variables if v.is_coord}
+    data = {v.name: variables[v.name] for v in template.variables if not v.is_coord}
+    return xr.Dataset(data, coords=coords, attrs={**template.attrs, **recipe.attrs})
+
+
+def plan_write_batches(recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary],
+                       chunk: int) -> list[WriteBatch]:
+    dim = template.concat_dim
+    location = {(s.key[dim], tuple((n, p) for n, p in s.key.positions if n != dim)): (s.location, s.url)
+                for s in summaries}
+    sources = {v.source for v in template.concat_variables}
+    batches = []
+    for i, chunks in enumerate(batch_chunks(chunk_writes(template.lengths, chunk), recipe.max_write_batches)):
+        positions = {p.position for c in chunks for p in c.pieces}
+        inputs = {(p, m): location[(p, m)] for p in positions for m in sources}
+        batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs))
+    return batches
+
+
+def prepare_target(recipe: XarrayZarrRecipe, run: RunSpec,
+                   summaries: Sequence[InputSummary]) -> tuple[TargetSpec, list[WriteBatch]]:
+    """Combine all inputs' schemas, write the template (unless an identical store is finished), plan writes."""
+    template = combine(summaries, recipe.concat_dim, preprocessed=recipe.process_input is not None,
+                       nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None)
+    fp = fingerprint(recipe, template, summaries)
+    url = run.target_url
+    existing = _existing_attrs(url)
+    complete = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
+    chunk = concat_chunk(recipe, template) if template.concat_dim else 1
+    batches = [] if complete or not template.concat_dim else plan_write_batches(recipe, template, summaries, chunk)
+    if complete:
+        logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
+    else:
+        ds = _template_dataset(recipe, run, template, summaries, chunk)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds.to_zarr(url, mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False)
+        logger.info("prepared %s: %s", url, dict(template.sizes))
+    spec = TargetSpec(run, url, template.concat_dim, template.concat_variables, fp, complete,
+                      len(summaries), sum(len(b.chunks) for b in batches))
+    return spec, batches
+
+
+def finalize_target(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any]) -> dict:
+    """Write provenance attrs, mark the store complete and consolidate metadata."""
+    if not target.complete:
+        group = open_group(target.url)
+        group.attrs.update({
+            **{k: v for k, v in provenance.items() if v is not None},
+            "forge:recipe_id": target.run.recipe_id,
+            "forge:version": __version__,
+            "forge:pattern_sha256": recipe.pattern.sha256(),
+            FINGERPRINT_ATTR: target.fingerprint,
+            COMPLETE_ATTR: True,
+        })
+        if recipe.consolidated:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                zarr.consolidate_metadata(target.url, zarr_format=recipe.zarr_format)
+    return describe(target.url)
+
+
+def describe(url: str) -> dict:
+    """A summary of the finished store, for the CLI and Prefect artifacts."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = xr.open_zarr(url)
+    stored = sum(Storage(url).fs.du(Storage(url)._path(""), total=False).values()) if url else 0
+    return {"url": url, "repr": repr(ds), "nbytes": int(ds.nbytes), "stored_bytes": int(stored),
+            "sizes": {str(k): int(v) for k, v in ds.sizes.items()}}

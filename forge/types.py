@@ -1,0 +1,84 @@
+"""Frozen, picklable values that cross from the planner into the stages (and into Prefect tasks)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+from forge.patterns import Key
+from forge.plan import ChunkWrite
+from forge.schema import VariableSpec
+from forge.storage import join
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run of a recipe needs to know besides the recipe itself."""
+
+    recipe: str  # an id from recipes/, or a path to a recipe directory or .py file
+    recipe_id: str
+    target_root: str
+    cache_root: str
+    prune: int | None = None
+    url_rewrites: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def target_url(self) -> str:
+        return join(self.target_root, f"{self.recipe_id}.zarr")
+
+
+def cache_key(url: str) -> str:
+    """Where a source lands in the cache: a digest of its URL plus its file name. Secret-free by design,
+    since recipe URLs carry no secrets (they are added only when fetching)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    name = PurePosixPath(urlsplit(url).path).name or "input"
+    return f"{digest}-{name}"
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    key: Key
+    url: str  # as in the recipe
+    fetch_url: str  # after URL rewrites (a mirror or local replica)
+
+    @property
+    def cache_key(self) -> str:
+        return cache_key(self.url)
+
+
+@dataclass(frozen=True)
+class CacheBatch:
+    label: str
+    host: str
+    items: tuple[CacheItem, ...]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({len(self.items)} inputs from {self.host})"
+
+
+@dataclass(frozen=True)
+class WriteBatch:
+    label: str
+    chunks: tuple[ChunkWrite, ...]
+    # (concat position, merge positions) -> (location, url) of each input this batch reads
+    inputs: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[str, str]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        first, last = self.chunks[0], self.chunks[-1]
+        return f"{self.label} (chunks {first.index}-{last.index}, items {first.start}-{last.stop})"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The prepared target, as the store and finalize stages need it."""
+
+    run: RunSpec
+    url: str
+    concat_dim: str | None
+    variables: tuple[VariableSpec, ...]  # those written by the store stage
+    fingerprint: str
+    complete: bool  # an identical finished store is already there: nothing to write
+    n_inputs: int
+    n_chunks: int

@@ -1,0 +1,22 @@
+"""NOAA OISST v2.1 (AVHRR): daily 1/4-degree sea surface temperature, one netCDF4 file per day since 1981-09-01."""
+
+import pandas as pd
+
+from forge import ConcatDim, FilePattern, XarrayZarrRecipe
+
+# Final files appear about two weeks after the day they cover (before that, only "_preliminary" ones).
+LATENCY = pd.Timedelta(days=15)
+dates = pd.date_range("1981-09-01", pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() - LATENCY, freq="D")
+
+
+def make_url(time: pd.Timestamp) -> str:
+    return (
+        "https://www.ncei.noaa.gov/data/sea-surface-temperature-optimum-interpolation/v2.1/access/avhrr/"
+        f"{time:%Y%m}/oisst-avhrr-v02r01.{time:%Y%m%d}.nc"
+    )
+
+
+pattern = FilePattern(make_url, ConcatDim("time", dates, nitems_per_file=1), file_type="netcdf4")
+
+# 10 days per chunk: ~20 MB of packed int16 per variable chunk, whole global maps for map-style reads.
+recipe = XarrayZarrRecipe(pattern, target_chunks={"time": 10}, max_concurrency_per_host=4)
