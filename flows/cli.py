@@ -1,0 +1,136 @@
+"""The ``forge`` command: run a recipe on the embedded defaults, list recipes, serve the OISST replica."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _quiet_prefect_env() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Our core logs through the standard library; this sends the forge loggers to the Prefect UI.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "forge")
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """Use PREFECT_API_URL if set; otherwise start a local Prefect server for this command and stop it after.
+
+    Dask worker processes cannot reach an in-process ephemeral API, so they get this server's URL through
+    the environment they inherit.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield server.api_url
+    finally:
+        # Send what is queued while the server is still up; otherwise the workers retry for minutes.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+@contextlib.contextmanager
+def local_replica(directory: str | None, port: int = 0) -> Iterator[str]:
+    from forge.replica import OisstReplica
+    from forge.sourceserver import SourceServer
+
+    with SourceServer(generate=OisstReplica(Path(directory) if directory else None).generate, port=port) as srv:
+        yield srv.url
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from forge.patterns import parse_rewrites
+
+    rewrites = dict(parse_rewrites(args.url_rewrite or []))
+    target_root = args.target_root or str(Path("data/target").resolve())
+    cache_root = args.cache_root or str(Path("data/cache").resolve())
+    with contextlib.ExitStack() as stack:
+        if args.local_replica:
+            url = stack.enter_context(local_replica(args.replica_dir))
+            rewrites.setdefault("https://www.ncei.noaa.gov/", url + "/")
+            print(f"serving the OISST replica at {url}")
+        t0 = time.perf_counter()
+        api = stack.enter_context(prefect_api())
+        print(f"Prefect API: {api} (started in {time.perf_counter() - t0:.1f}s)")
+        from flows.recipe import recipe
+        from flows.runner import dask_task_runner
+
+        flow = recipe.with_options(task_runner=dask_task_runner(args.dask_address, args.workers))
+        summary = flow(recipe=args.recipe, target_root=target_root, cache_root=cache_root, prune=args.prune,
+                       url_rewrites=rewrites or None)
+    print(summary["repr"])
+    print(f"\nstore: {summary['url']}")
+    print(f'open it with: xr.open_zarr("{summary["url"]}")')
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from forge.loading import list_recipes
+
+    for source in list_recipes():
+        meta = source.meta()
+        print(f"{source.recipe_id:30s} {meta.get('title', '')}")
+    return 0
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    with local_replica(args.dir, args.port) as url:
+        print(f"OISST replica at {url}/ (rewrite https://www.ncei.noaa.gov/={url}/); Ctrl-C to stop", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe (by id in recipes/ or by path)")
+    run.add_argument("recipe")
+    run.add_argument("--prune", type=int, help="keep only the first N keys of the concat dimension")
+    run.add_argument("--target-root", help="where the store goes: {target_root}/{recipe_id}.zarr (default ./data/target)")
+    run.add_argument("--cache-root", help="where inputs are cached (default ./data/cache)")
+    run.add_argument("--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror")
+    run.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
+    run.add_argument("--replica-dir", help="where the replica keeps its files")
+    run.add_argument("--dask-address", help="an existing Dask scheduler (default: a local cluster)")
+    run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
+    run.set_defaults(func=cmd_run)
+    ls = sub.add_parser("list", help="list the recipes in recipes/")
+    ls.set_defaults(func=cmd_list)
+    rep = sub.add_parser("replica", help="serve the NOAA OISST replica on loopback until interrupted")
+    rep.add_argument("--port", type=int, default=8080)
+    rep.add_argument("--dir", help="where the replica keeps its files")
+    rep.set_defaults(func=cmd_replica)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_prefect_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LookupError, ValueError, TypeError) as e:
+        print(f"forge: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The ``recipe`` flow: cache inputs -> prepare target -> store chunks -> finalize target."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from flows.runner import dask_task_runner
+from forge.loading import find_recipe
+from forge.types import RunSpec
+from tasks.cache import cache_inputs, limit_source_hosts, plan_cache_batches
+from tasks.finalize import finalize_target
+from tasks.prepare import prepare_target
+from tasks.store import store_chunks
+
+DEFAULT_TARGET_ROOT = str(Path("data/target").resolve())
+DEFAULT_CACHE_ROOT = str(Path("data/cache").resolve())
+
+
+def run_spec(recipe: str, target_root: str, cache_root: str, prune: int | None,
+             url_rewrites: dict[str, str] | None) -> RunSpec:
+    source = find_recipe(recipe)
+    ref = recipe if not Path(recipe).exists() else str(source.path)
+    return RunSpec(ref, source.recipe_id, target_root, cache_root, prune, tuple((url_rewrites or {}).items()))
+
+
+@flow(name="recipe", task_runner=dask_task_runner(), log_prints=True)
+def recipe(
+    recipe: str,
+    target_root: str = DEFAULT_TARGET_ROOT,
+    cache_root: str = DEFAULT_CACHE_ROOT,
+    prune: int | None = None,
+    url_rewrites: dict[str, str] | None = None,
+) -> dict:
+    """Build ``{target_root}/{recipe_id}.zarr`` from a recipe id (in ``recipes/``) or a recipe path."""
+    run = run_spec(recipe, target_root, cache_root, prune, url_rewrites)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    batches = plan_cache_batches(run)
+    limit_source_hosts(batches, run)
+    summaries = cache_inputs.map(batches, unmapped(run))
+    target, write_batches = prepare_target(run, summaries)
+    timings["cache + prepare"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    progress = create_progress_artifact(0.0, description=f"chunks stored for {run.recipe_id}")
+    stored = store_chunks.map(write_batches, unmapped(target))
+    done = 0
+    for future in as_completed(stored):
+        done += future.result().chunks
+        update_progress_artifact(progress, 100.0 * done / max(1, target.n_chunks))
+    if not stored:
+        update_progress_artifact(progress, 100.0)
+    timings["store"] = time.perf_counter() - t1
+
+    summary = finalize_target(target, timings)
+    print(f"store ready: {summary['url']}")
+    return summary

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from prefect import task
+
+from forge.schema import InputSummary
+from forge.target import prepare_target as prepare
+from forge.types import RunSpec, TargetSpec, WriteBatch
+from tasks.common import recipe_for
+
+
+@task(name="prepare-target", retries=2, retry_delay_seconds=10)
+def prepare_target(run: RunSpec, summaries: list[list[InputSummary]]) -> tuple[TargetSpec, list[WriteBatch]]:
+    """Combine the schemas of all inputs, write the template, plan the writes."""
+    flat = [s for batch in summaries for s in batch]
+    return prepare(recipe_for(run), run, flat)
