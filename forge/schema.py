@@ -210,6 +210,7 @@ def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, prepro
 
     specs: dict[str, VariableSpec] = {}
     sizes: dict[str, int] = {}
+    static_digests: dict[str, tuple[str | None, str]] = {}
     for merge_pos, members in groups.items():
         ref = members[0]
         names = {v.name for v in ref.variables}
@@ -229,11 +230,16 @@ def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, prepro
         for v in ref.variables:
             along = concat_dim in v.dims
             if v.name in specs:
-                if along or v.name == concat_dim:
+                if v.name == concat_dim:
                     continue
-                if specs[v.name].along_concat or not v.is_coord:
+                if along or specs[v.name].along_concat:
                     raise InputError(f"variable {v.name!r} is in more than one merged input ({ref.url})")
+                if static_digests[v.name][0] != v.digest:
+                    raise InputError(f"static variable {v.name!r} differs between {static_digests[v.name][1]} "
+                                     f"and {ref.url}")
                 continue
+            if not along:
+                static_digests[v.name] = (v.digest, ref.url)
             raw_ok = not preprocessed and all(
                 set(m.variable(v.name).encoding) == set(v.encoding)
                 and all(_same(m.variable(v.name).encoding[k], v.encoding[k]) for k in v.encoding)

@@ -8,6 +8,7 @@ every value are inferred from all of them, stored as int64.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +19,11 @@ TIME_ENCODING_KEYS = ("units", "calendar", "dtype")
 
 def _round_trips(values: np.ndarray, units: str, calendar: str, dtype: np.dtype | None) -> bool:
     try:
-        num, _, _ = encode_cf_datetime(values, units, calendar, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # xarray warns, then silently switches units: we check instead
+            num, used_units, _ = encode_cf_datetime(values, units, calendar, dtype)
+        if used_units != units:
+            return False
         back = decode_cf_datetime(num, units, calendar)
     except (ValueError, OverflowError, TypeError):
         return False

@@ -1,0 +1,117 @@
+"""Test kit: synthetic inputs written as real files, and comparisons of a store with its sources."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+
+def make_dataset(n_time: int = 12, *, freq: str = "D", start: str = "2000-01-01", nlat: int = 3, nlon: int = 4,
+                 variables: Sequence[str] = ("tas", "pr"), packed: bool = False, seed: int = 0) -> xr.Dataset:
+    """A small CF dataset (time, lat, lon) with a static ``mask`` and optionally int16-packed variables."""
+    rng = np.random.default_rng(seed)
+    time = pd.date_range(start, periods=n_time, freq=freq)
+    lat = np.linspace(-60, 60, nlat, dtype="float32")
+    lon = np.linspace(0, 300, nlon, dtype="float32")
+    data = {}
+    for i, name in enumerate(variables):
+        values = np.round(rng.normal(10 * i, 3, size=(n_time, nlat, nlon)), 2).astype("float32")
+        values[:, 0, 0] = np.nan
+        var = xr.Variable(("time", "lat", "lon"), values, attrs={"long_name": f"synthetic {name}", "units": "K"})
+        if packed:
+            var.encoding = {"dtype": "int16", "scale_factor": np.float32(0.01), "add_offset": np.float32(0.0),
+                            "_FillValue": np.int16(-32767)}
+        data[name] = var
+    ds = xr.Dataset(
+        data,
+        coords={"time": time, "lat": ("lat", lat, {"units": "degrees_north"}),
+                "lon": ("lon", lon, {"units": "degrees_east"})},
+        attrs={"title": "synthetic test data", "Conventions": "CF-1.8"},
+    )
+    ds["mask"] = (("lat", "lon"), (rng.random((nlat, nlon)) > 0.3).astype("int8"), {"long_name": "land mask"})
+    return ds
+
+
+def split_points(n: int, items_per_file: int | Sequence[int]) -> list[tuple[int, int]]:
+    sizes = [items_per_file] * -(-n // items_per_file) if isinstance(items_per_file, int) else list(items_per_file)
+    bounds, start = [], 0
+    for size in sizes:
+        stop = min(n, start + size)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def write_inputs(ds: xr.Dataset, directory: Path, items_per_file: int | Sequence[int] = 1, *,
+                 fmt: str = "NETCDF4", per_variable: bool = False, time_units: str | None = None,
+                 time_units_per_file: bool = False, time_dtype: str | None = None) -> list[Path]:
+    """Write ``ds`` as files ``{variable}_{i:04d}.nc`` (or ``all_...``) split along time.
+
+    ``time_units_per_file`` gives each file its own reference date (``hours since <its first time>``), as
+    many hourly products do; ``time_units`` and ``time_dtype`` set one encoding for all files.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [v for v in ds.data_vars if "time" in ds[v].dims] if per_variable else ["all"]
+    engine = "scipy" if fmt.startswith("NETCDF3") else "netcdf4"
+    paths = []
+    for i, (a, b) in enumerate(split_points(ds.sizes["time"], items_per_file)):
+        part = ds.isel(time=slice(a, b))
+        for name in names:
+            piece = part if name == "all" else part[[name]].assign(mask=part["mask"])
+            piece = piece.copy()
+            if time_units_per_file:
+                piece.time.encoding["units"] = f"hours since {pd.Timestamp(piece.time.values[0]):%Y-%m-%d %H:%M:%S}"
+            elif time_units:
+                piece.time.encoding["units"] = time_units
+            if time_dtype:
+                piece.time.encoding["dtype"] = time_dtype
+            path = directory / f"{name}_{i:04d}.nc"
+            piece.to_netcdf(path, format=fmt, engine=engine)
+            paths.append(path)
+    return paths
+
+
+def open_sources(paths: Sequence[Path], *, raw: bool = False) -> xr.Dataset:
+    """The sources as xarray sees them, concatenated along time and merged: what a store must equal."""
+    kwargs = {"mask_and_scale": False} if raw else {}
+    groups: dict[str, list[xr.Dataset]] = {}
+    for p in sorted(paths):
+        groups.setdefault(Path(p).name.rsplit("_", 1)[0], []).append(xr.open_dataset(p, **kwargs).load())
+    parts = [xr.concat(g, "time", data_vars="minimal", coords="minimal", compat="override",
+                       combine_attrs="drop_conflicts") for g in groups.values()]
+    return xr.merge(parts, compat="override", combine_attrs="drop_conflicts", join="exact")
+
+
+def open_store(url: str, *, raw: bool = False) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = xr.open_zarr(url, mask_and_scale=not raw).load()
+    ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("forge:")}
+    return ds
+
+
+def assert_store_matches(url: str, sources: Sequence[Path], *, check_packed: bool = True) -> None:
+    """The store equals its sources: decoded, and (``check_packed``) as stored, packed bytes and all.
+
+    Zarr keeps attributes as JSON, so a float32 ``scale_factor`` comes back as a Python float and xarray
+    then decodes to float64; decoded variables are cast back to the sources' dtypes before comparing.
+    The packed comparison is the strict one: identical stored integers and identical packing attrs.
+    """
+    expected = open_sources(sources)
+    actual = open_store(url)
+    for name, var in expected.variables.items():
+        if name in actual.variables and actual[name].dtype != var.dtype and var.dtype.kind == "f":
+            actual[name] = actual[name].astype(var.dtype)
+    xr.testing.assert_identical(actual, expected)
+    if check_packed:
+        raw_expected = open_sources(sources, raw=True)
+        raw_actual = open_store(url, raw=True)
+        packed = [n for n, v in raw_expected.data_vars.items() if "scale_factor" in v.attrs]
+        for name in packed:
+            xr.testing.assert_identical(raw_actual[name].reset_coords(drop=True),
+                                        raw_expected[name].reset_coords(drop=True))

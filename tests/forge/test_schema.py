@@ -1,0 +1,81 @@
+"""Inputs that disagree fail before anything is written, naming the file(s) and the variable."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from forge.openers import InputError
+from forge.patterns import Key
+from forge.schema import combine, summarize
+from forge.testing import make_dataset
+
+
+def summaries(datasets):
+    return [summarize(ds, Key((("time", i),)), f"https://e.org/{i}.nc", f"k{i}", 0, "time")
+            for i, ds in enumerate(datasets)]
+
+
+def test_consistent_inputs_combine():
+    ds = make_dataset(6, packed=True)
+    t = combine(summaries([ds.isel(time=slice(0, 4)), ds.isel(time=slice(4, 6))]), "time")
+    assert t.lengths == (4, 2) and t.sizes["time"] == 6
+    assert {v.name for v in t.concat_variables} == {"tas", "pr"}
+
+
+def test_missing_variable_names_the_file():
+    ds = make_dataset(4)
+    with pytest.raises(InputError, match=r"https://e.org/1.nc: variables differ .* missing \['pr'\]"):
+        combine(summaries([ds.isel(time=slice(0, 2)), ds.isel(time=slice(2, 4)).drop_vars("pr")]), "time")
+
+
+def test_dimension_size_mismatch_names_both_files():
+    a, b = make_dataset(2, nlat=3), make_dataset(2, nlat=4, start="2000-01-03")
+    with pytest.raises(InputError, match=r"'lat' has size 4 in https://e.org/1.nc but 3 in https://e.org/0.nc"):
+        combine(summaries([a, b]), "time")
+
+
+def test_calendar_mismatch():
+    a, b = make_dataset(2), make_dataset(2, start="2000-01-03")
+    a.time.encoding["calendar"] = "noleap"
+    b.time.encoding["calendar"] = "standard"
+    with pytest.raises(InputError, match="calendar"):
+        combine(summaries([a, b]), "time")
+
+
+def test_duplicate_times_are_refused():
+    a = make_dataset(2)
+    with pytest.raises(InputError, match="more than once"):
+        combine(summaries([a, a]), "time")
+
+
+def test_static_variable_must_agree():
+    a, b = make_dataset(2), make_dataset(2, start="2000-01-03")
+    b["lat"] = b.lat + 1
+    with pytest.raises(InputError, match="'lat' has different values in https://e.org/1.nc"):
+        combine(summaries([a, b]), "time")
+
+
+def test_nitems_per_file_is_checked():
+    ds = make_dataset(4)
+    with pytest.raises(InputError, match="nitems_per_file=1"):
+        combine(summaries([ds.isel(time=slice(0, 2)), ds.isel(time=slice(2, 4))]), "time", nitems_per_file=1)
+
+
+def test_shared_global_attrs_only(tmp_path: Path):
+    a, b = make_dataset(2), make_dataset(2, start="2000-01-03")
+    a.attrs["id"], b.attrs["id"] = "file-a", "file-b"
+    t = combine(summaries([a, b]), "time")
+    assert "id" not in t.attrs and t.attrs["title"] == "synthetic test data"
+
+
+def test_time_encoding_is_exact_for_all_inputs():
+    a = make_dataset(2, freq="h")
+    b = make_dataset(2, freq="h", start="2000-01-01 02:00")
+    for ds in (a, b):
+        ds.time.encoding.update(units="days since 2000-01-01", dtype=np.dtype("int64"))
+    t = combine(summaries([a, b]), "time")
+    assert t.concat_encoding["units"].startswith("hours since")
+    num, _, _ = xr.coding.times.encode_cf_datetime(t.concat_values, t.concat_encoding["units"])
+    assert list(num) == [0, 1, 2, 3]

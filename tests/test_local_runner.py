@@ -1,0 +1,130 @@
+"""End-to-end scenarios on the plain local runner (the reference), sources served over loopback HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
+from forge.run import run_locally
+from forge.testing import assert_store_matches, make_dataset, write_inputs
+
+
+def concat_pattern(srv, n_files: int, nitems: int | None = None, prefix: str = "all", **kw) -> FilePattern:
+    def url(time: int) -> str:
+        return f"{srv.url}/{prefix}_{time:04d}.nc"
+
+    return FilePattern(url, ConcatDim("time", list(range(n_files)), nitems_per_file=nitems), **kw)
+
+
+@pytest.mark.parametrize(
+    ("items_per_file", "chunk", "fmt"),
+    [
+        (1, 5, "NETCDF4"),  # one step per file
+        (3, 3, "NETCDF4"),  # multi-step files, aligned
+        (2, 3, "NETCDF4"),  # chunks straddle inputs
+        (5, 2, "NETCDF3_64BIT"),  # netCDF3, inputs larger than chunks
+        ([4, 1, 3, 4], 5, "NETCDF4_CLASSIC"),  # uneven files, lengths discovered by scanning
+    ],
+)
+def test_concat(served, run_spec, items_per_file, chunk, fmt):
+    ds = make_dataset(12, packed=True)
+    paths = write_inputs(ds, Path(served.root), items_per_file, fmt=fmt)
+    file_type = "netcdf3" if fmt.startswith("NETCDF3") else "netcdf4"
+    nitems = items_per_file if isinstance(items_per_file, int) and 12 % items_per_file == 0 else None
+    pattern = concat_pattern(served, len(paths), nitems, file_type=file_type)
+    recipe = XarrayZarrRecipe(pattern, target_chunks={"time": chunk}, max_write_batches=3)
+    out = run_locally(recipe, run_spec())
+    assert_store_matches(out["url"], paths)
+    assert xr.open_zarr(out["url"]).tas.encoding["chunks"][0] == chunk
+
+
+def test_merge_dim_per_variable_files(served, run_spec):
+    ds = make_dataset(6, variables=("tas", "pr"))
+    paths = write_inputs(ds, Path(served.root), 2, per_variable=True)
+
+    def url(variable: str, time: int) -> str:
+        return f"{served.url}/{variable}_{time:04d}.nc"
+
+    pattern = FilePattern(url, MergeDim("variable", ["tas", "pr"]), ConcatDim("time", [0, 1, 2]))
+    out = run_locally(XarrayZarrRecipe(pattern, target_chunks={"time": 4}), run_spec())
+    assert_store_matches(out["url"], paths)
+
+
+def test_hourly_files_with_their_own_time_units(served, run_spec):
+    """Each file says 'hours since <its start>': the store must keep every hour, not collapse to days."""
+    ds = make_dataset(48, freq="h")
+    paths = write_inputs(ds, Path(served.root), 6, time_units_per_file=True)
+    out = run_locally(XarrayZarrRecipe(concat_pattern(served, len(paths)), target_chunks={"time": 10}),
+                      run_spec())
+    assert_store_matches(out["url"], paths)
+    store = xr.open_zarr(out["url"])
+    assert store.time.to_index().is_unique and len(store.time) == 48
+
+
+def test_hourly_data_with_daily_first_file_units(served, run_spec):
+    """The first file's units ('days since', int) cannot hold hours: another exact encoding is chosen."""
+    ds = make_dataset(24, freq="6h")
+    paths = write_inputs(ds, Path(served.root), 4, time_units="days since 2000-01-01", time_dtype="float64")
+    out = run_locally(XarrayZarrRecipe(concat_pattern(served, len(paths)), target_chunks={"time": 8}), run_spec())
+    assert_store_matches(out["url"], paths)
+
+
+def _add_offset(ds: xr.Dataset, url: str) -> xr.Dataset:
+    ds = ds.copy()
+    ds["tas"] = ds["tas"] + 1
+    ds["tas"].attrs = {"long_name": "shifted", "units": "K"}
+    return ds.assign_attrs(processed=url.rsplit("/", 1)[-1][:3])
+
+
+def test_process_input_hook(served, run_spec):
+    ds = make_dataset(6)
+    paths = write_inputs(ds, Path(served.root), 2)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4}, process_input=_add_offset)
+    out = run_locally(recipe, run_spec())
+    store = xr.open_zarr(out["url"]).load()
+    expected = xr.concat([xr.open_dataset(p) for p in paths], "time", data_vars="minimal")
+    xr.testing.assert_allclose(store.tas, expected.tas + 1)
+    assert store.tas.attrs["long_name"] == "shifted" and store.attrs["processed"] == "all"
+
+
+def test_prune(served, run_spec):
+    ds = make_dataset(10)
+    paths = write_inputs(ds, Path(served.root), 1)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 10), target_chunks={"time": 3})
+    out = run_locally(recipe, run_spec(prune=4))
+    assert_store_matches(out["url"], paths[:4])
+    assert sum(served.requests.values()) == 4
+
+
+def test_zarr_format_2(served, run_spec):
+    ds = make_dataset(4, packed=True)
+    paths = write_inputs(ds, Path(served.root), 2)
+    out = run_locally(XarrayZarrRecipe(concat_pattern(served, 2), zarr_format=2), run_spec())
+    assert_store_matches(out["url"], paths)
+    assert (Path(out["url"]) / ".zmetadata").exists()
+
+
+def test_target_chunks_on_other_dimensions(served, run_spec):
+    ds = make_dataset(6, nlat=5, nlon=7)
+    paths = write_inputs(ds, Path(served.root), 3)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 2), target_chunks={"time": 2, "lat": 2, "lon": 3})
+    out = run_locally(recipe, run_spec())
+    assert_store_matches(out["url"], paths)
+    assert xr.open_zarr(out["url"]).tas.encoding["chunks"] == (2, 2, 3)
+
+
+def test_rerun_is_idempotent(served, run_spec):
+    ds = make_dataset(6)
+    paths = write_inputs(ds, Path(served.root), 2)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4})
+    out = run_locally(recipe, run_spec())
+    files = {p: p.stat().st_mtime_ns for p in Path(out["url"]).rglob("*") if p.is_file()}
+    requests = sum(served.requests.values())
+    again = run_locally(recipe, run_spec())
+    assert again["url"] == out["url"]
+    assert sum(served.requests.values()) == requests  # nothing downloaded again
+    assert {p: p.stat().st_mtime_ns for p in Path(out["url"]).rglob("*") if p.is_file()} == files
+    assert_store_matches(out["url"], paths)
