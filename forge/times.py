@@ -17,17 +17,16 @@ from xarray.coding.times import decode_cf_datetime, encode_cf_datetime, infer_da
 TIME_ENCODING_KEYS = ("units", "calendar", "dtype")
 
 
-def _round_trips(values: np.ndarray, units: str, calendar: str, dtype: np.dtype | None) -> bool:
+def _exact_units(values: np.ndarray, units: str, calendar: str, dtype: np.dtype | None) -> str | None:
+    """The units xarray encodes ``values`` with (it may switch units), if decoding gives them back exactly."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # xarray warns, then silently switches units: we check instead
+            warnings.simplefilter("ignore")  # xarray warns when it switches units; we check the result
             num, used_units, _ = encode_cf_datetime(values, units, calendar, dtype)
-        if used_units != units:
-            return False
-        back = decode_cf_datetime(num, units, calendar)
+        back = decode_cf_datetime(num, used_units, calendar)
     except (ValueError, OverflowError, TypeError):
-        return False
-    return bool(np.array_equal(np.asarray(back), np.asarray(values)))
+        return None
+    return used_units if np.array_equal(np.asarray(back), np.asarray(values)) else None
 
 
 def unify_time_encoding(values: np.ndarray, encodings: Sequence[dict]) -> dict:
@@ -40,9 +39,9 @@ def unify_time_encoding(values: np.ndarray, encodings: Sequence[dict]) -> dict:
     shared = all(e.get("units") == first.get("units") for e in encodings)
     if shared and first.get("units"):
         dtype = np.dtype(first["dtype"]) if first.get("dtype") else None
-        if _round_trips(values, first["units"], calendar, dtype):
+        if _exact_units(values, first["units"], calendar, dtype) == first["units"]:
             return {"units": first["units"], "calendar": calendar, **({"dtype": dtype} if dtype else {})}
-    units = infer_datetime_units(values)
-    if not _round_trips(values, units, calendar, np.dtype("int64")):
-        raise ValueError(f"no exact integer time encoding found for these times (tried {units!r})")
+    units = _exact_units(values, infer_datetime_units(values), calendar, np.dtype("int64"))
+    if units is None:
+        raise ValueError("no exact integer time encoding found for these times")
     return {"units": units, "calendar": calendar, "dtype": np.dtype("int64")}
