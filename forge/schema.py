@@ -129,6 +129,8 @@ def summarize(ds: xr.Dataset, key: Key, url: str, location: str, size: int,
         enc = {k: var.encoding[k] for k in CF_ENCODING_KEYS if k in var.encoding}
         if "dtype" in enc:
             enc["dtype"] = np.dtype(enc["dtype"])
+        # No fill value in the source means none in the target (xarray would add NaN to floats).
+        enc.setdefault("_FillValue", None)
         static = concat_dim not in var.dims
         variables.append(
             VariableSummary(

@@ -81,7 +81,9 @@ def open_sources(paths: Sequence[Path], *, raw: bool = False) -> xr.Dataset:
     kwargs = {"mask_and_scale": False} if raw else {}
     groups: dict[str, list[xr.Dataset]] = {}
     for p in sorted(paths):
-        groups.setdefault(Path(p).name.rsplit("_", 1)[0], []).append(xr.open_dataset(p, **kwargs).load())
+        # files from write_inputs are "{variable}_{i}.nc": one group per variable; others form one group
+        group = Path(p).name.rsplit("_", 1)[0] if "_" in Path(p).name else ""
+        groups.setdefault(group, []).append(xr.open_dataset(p, **kwargs).load())
     parts = [xr.concat(g, "time", data_vars="minimal", coords="minimal", compat="override",
                        combine_attrs="drop_conflicts") for g in groups.values()]
     return xr.merge(parts, compat="override", combine_attrs="drop_conflicts", join="exact")

@@ -1,0 +1,49 @@
+"""The OISST recipe, pruned, through the CLI against the local replica: the store equals the source files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from forge.loading import load_recipe
+from forge.replica import OISST_ROOT, OisstReplica, oisst_url
+from forge.testing import assert_store_matches
+
+
+def test_pattern_uses_the_real_ncei_layout():
+    recipe = load_recipe("noaa-oisst")
+    first = next(iter(recipe.pattern.items()))[1]
+    assert first == oisst_url(pd.Timestamp("1981-09-01"))
+    assert first == OISST_ROOT + "198109/oisst-avhrr-v02r01.19810901.nc"
+    assert len(recipe.pattern) > 15_000  # daily since 1981
+
+
+def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path):
+    replica = tmp_path / "replica"
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "noaa-oisst", "--prune", "3", "--local-replica",
+         "--replica-dir", str(replica), "--target-root", str(tmp_path / "target"),
+         "--cache-root", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    url = str(tmp_path / "target" / "noaa-oisst.zarr")
+    assert f"store: {url}" in result.stdout and "<xarray.Dataset>" in result.stdout
+    sources = sorted((replica / "720x1440").rglob("*.nc"))
+    assert len(sources) == 3
+    assert_store_matches(url, sources)
+    # replica files are the product's schema: packed int16 with zlib
+    import xarray as xr
+
+    src = xr.open_dataset(sources[0])
+    assert src.sst.encoding["dtype"] == "int16" and src.sst.encoding["zlib"]
+    assert dict(src.sizes) == {"time": 1, "zlev": 1, "lat": 720, "lon": 1440}
+
+
+def test_cli_lists_recipes():
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "list"], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[2])
+    assert out.returncode == 0 and "noaa-oisst" in out.stdout and "Optimum Interpolation" in out.stdout

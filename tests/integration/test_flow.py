@@ -1,0 +1,152 @@
+"""The recipe flow on a real Prefect server and a real Dask local cluster, sources on loopback HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from flows.recipe import recipe as recipe_flow
+from forge.loading import load_recipe
+from forge.run import run_locally
+from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
+from forge.types import RunSpec
+from tests.integration.helpers import SOURCE, flow_run, logs, task_runs, write_recipe
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def run_flow(recipe_dir: Path, tmp_path: Path, server, **kw):
+    return recipe_flow(recipe=str(recipe_dir), target_root=str(tmp_path / "target"),
+                       cache_root=str(tmp_path / "cache"), url_rewrites={SOURCE: server.url}, return_state=True,
+                       **kw)
+
+
+def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path):
+    ds = make_dataset(14, packed=True)
+    paths = write_inputs(ds, Path(served.root), 2)  # 2-step files, chunk 3: chunks straddle inputs
+    recipe_dir = write_recipe(tmp_path, len(paths), chunk=3, recipe_kwargs="max_write_batches=3, "
+                              "cache_batch_size=2")
+    state = run_flow(recipe_dir, tmp_path, served)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert_store_matches(summary["url"], paths)
+
+    # the reference: the plain local runner over the same recipe gives the identical store
+    run = RunSpec(str(recipe_dir / "recipe.py"), "demo", str(tmp_path / "ref"), str(tmp_path / "cache"),
+                  url_rewrites=((SOURCE, served.url),))
+    reference = run_locally(load_recipe(run.recipe), run)
+    xr.testing.assert_identical(open_store(summary["url"]), open_store(reference["url"]))
+
+    runs = task_runs(state.state_details.flow_run_id)
+    assert all(tr.state.is_completed() for tr in runs)
+    names = sorted(tr.name for tr in runs)
+    assert [n for n in names if n.startswith("store-")] == ["store-0000", "store-0001", "store-0002"]
+    assert len([n for n in names if n.startswith("cache-")]) == 4  # 7 inputs, limit 4 per host, batches of 2
+    assert any(n.startswith("prepare-target") for n in names) and any(n.startswith("finalize-target") for n in names)
+    assert len(runs) <= 2 + 4 + 1 + 3 + 1  # grows with batches, not with inputs or chunks
+    assert flow_run(state.state_details.flow_run_id).state.is_completed()
+
+
+def test_rerun_is_idempotent_and_downloads_nothing(served, tmp_path):
+    ds = make_dataset(6)
+    paths = write_inputs(ds, Path(served.root), 2)
+    recipe_dir = write_recipe(tmp_path, len(paths), chunk=4)
+    first = run_flow(recipe_dir, tmp_path, served).result()
+    store = Path(first["url"])
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    seen = sum(served.requests.values())
+    second = run_flow(recipe_dir, tmp_path, served)
+    assert second.is_completed()
+    assert sum(served.requests.values()) == seen
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+    assert_store_matches(first["url"], paths)
+
+
+def test_basic_auth_and_query_secret_stay_secret(tmp_path, monkeypatch):
+    from forge.sourceserver import SourceServer
+
+    (tmp_path / "src").mkdir()
+    ds = make_dataset(4)
+    paths = write_inputs(ds, tmp_path / "src", 2)
+    monkeypatch.setenv("DEMO_PASSWORD", "pw-TOPSECRET-1")
+    monkeypatch.setenv("DEMO_TOKEN", "tok-TOPSECRET-2")
+    recipe_dir = write_recipe(
+        tmp_path, len(paths), chunk=2,
+        pattern_kwargs='fsspec_open_kwargs={"auth": ("alice", Secret("DEMO_PASSWORD"))}, '
+                       'query_string_secrets={"token": "DEMO_TOKEN"}')
+    with SourceServer(root=tmp_path / "src", basic_auth=("alice", "pw-TOPSECRET-1"),
+                      required_query={"token": "tok-TOPSECRET-2"}) as srv:
+        state = run_flow(recipe_dir, tmp_path, srv)
+        assert state.is_completed(), state.message
+        assert srv.statuses[401] == 0 and srv.statuses[403] == 0
+    summary = state.result()
+    assert_store_matches(summary["url"], paths)
+    leaks = [p for p in tmp_path.rglob("*") if "TOPSECRET" in p.name]
+    store_meta = "".join(p.read_text(errors="ignore") for p in Path(summary["url"]).rglob("zarr.json"))
+    assert not leaks and "TOPSECRET" not in store_meta
+    assert "TOPSECRET" not in logs(state.state_details.flow_run_id)
+
+
+def test_wrong_password_fails_without_retry_or_leak(tmp_path, monkeypatch):
+    from forge.sourceserver import SourceServer
+
+    (tmp_path / "src").mkdir()
+    paths = write_inputs(make_dataset(2), tmp_path / "src", 2)
+    monkeypatch.setenv("DEMO_PASSWORD", "pw-WRONG-SECRET")
+    recipe_dir = write_recipe(tmp_path, len(paths), chunk=2,
+                              pattern_kwargs='fsspec_open_kwargs={"auth": ("alice", Secret("DEMO_PASSWORD"))}')
+    with SourceServer(root=tmp_path / "src", basic_auth=("alice", "right")) as srv:
+        state = run_flow(recipe_dir, tmp_path, srv)
+        assert srv.statuses[401] == 1  # neither the transport nor Prefect retried a 401
+    assert state.is_failed()
+    text = logs(state.state_details.flow_run_id)
+    assert "HTTP 401" in text and "all_0000.nc" in text and "WRONG-SECRET" not in text
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_per_host_limit(served, tmp_path, limit):
+    paths = write_inputs(make_dataset(8), Path(served.root), 1)
+    served.delay = 0.2  # make requests overlap when they may
+    recipe_dir = write_recipe(tmp_path, len(paths), chunk=4,
+                              recipe_kwargs=f"max_concurrency_per_host={limit}, cache_batch_size=2")
+    state = run_flow(recipe_dir, tmp_path, served)
+    assert state.is_completed(), state.message
+    assert served.max_active == limit  # two Dask workers would reach 2 without the limit
+
+
+def test_transient_failures_are_retried_to_success(served, tmp_path):
+    paths = write_inputs(make_dataset(6), Path(served.root), 2)
+    served.faults.update({"/all_0000.nc": ["503", "reset"], "/all_0001.nc": ["truncate", "429"],
+                          "/all_0002.nc": ["500"]})
+    state = run_flow(write_recipe(tmp_path, len(paths), chunk=3), tmp_path, served)
+    assert state.is_completed(), state.message
+    assert_store_matches(state.result()["url"], paths)
+    assert served.requests["/all_0000.nc"] == 3 and served.requests["/all_0001.nc"] == 3
+
+
+def test_404_fails_clearly_and_writes_nothing(served, tmp_path):
+    paths = write_inputs(make_dataset(4), Path(served.root), 2)
+    recipe_dir = write_recipe(tmp_path, len(paths) + 1, chunk=2)  # one more input than the server has
+    state = run_flow(recipe_dir, tmp_path, served)
+    assert state.is_failed()
+    assert served.requests["/all_0002.nc"] == 1  # a 404 is not retried
+    assert f"{served.url}/all_0002.nc: HTTP 404" in logs(state.state_details.flow_run_id)
+    assert not (tmp_path / "target" / "demo.zarr").exists()
+
+
+def test_schema_mismatch_fails_before_writing_and_keeps_the_old_store(served, tmp_path):
+    ds = make_dataset(6)
+    paths = write_inputs(ds, Path(served.root), 2)
+    recipe_dir = write_recipe(tmp_path, len(paths), chunk=2)
+    good = run_flow(recipe_dir, tmp_path, served).result()
+    before = open_store(good["url"])
+    # the source changes: one file loses a variable; the existing store must survive untouched
+    bad = make_dataset(6).isel(time=slice(4, 6)).drop_vars("pr")
+    bad.to_netcdf(paths[2])
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    state = run_flow(recipe_dir, tmp_path, served)
+    assert state.is_failed()
+    assert "all_0002.nc: variables differ" in logs(state.state_details.flow_run_id)
+    xr.testing.assert_identical(open_store(good["url"]), before)
