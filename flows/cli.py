@@ -51,7 +51,9 @@ def local_replica(directory: str | None, port: int = 0) -> Iterator[str]:
     from forge.replica import OisstReplica
     from forge.sourceserver import SourceServer
 
-    with SourceServer(generate=OisstReplica(Path(directory) if directory else None).generate, port=port) as srv:
+    with SourceServer(
+        generate=OisstReplica(Path(directory) if directory else None).generate, port=port
+    ) as srv:
         yield srv.url
 
 
@@ -73,8 +75,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.runner import dask_task_runner
 
         flow = recipe.with_options(task_runner=dask_task_runner(args.dask_address, args.workers))
-        summary = flow(recipe=args.recipe, target_root=target_root, cache_root=cache_root, prune=args.prune,
-                       url_rewrites=rewrites or None)
+        summary = flow(
+            recipe=args.recipe,
+            target_root=target_root,
+            cache_root=cache_root,
+            prune=args.prune,
+            url_rewrites=rewrites or None,
+        )
     print(summary["repr"])
     print(f"\nstore: {summary['url']}")
     print(f'open it with: xr.open_zarr("{summary["url"]}")')
@@ -92,7 +99,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_replica(args: argparse.Namespace) -> int:
     with local_replica(args.dir, args.port) as url:
-        print(f"OISST replica at {url}/ (rewrite https://www.ncei.noaa.gov/={url}/); Ctrl-C to stop", flush=True)
+        print(
+            f"OISST replica at {url}/ (rewrite https://www.ncei.noaa.gov/={url}/); Ctrl-C to stop", flush=True
+        )
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
@@ -105,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe (by id in recipes/ or by path)")
     run.add_argument("recipe")
     run.add_argument("--prune", type=int, help="keep only the first N keys of the concat dimension")
-    run.add_argument("--target-root", help="where the store goes: {target_root}/{recipe_id}.zarr (default ./data/target)")
+    run.add_argument(
+        "--target-root", help="where the store goes: {target_root}/{recipe_id}.zarr (default ./data/target)"
+    )
     run.add_argument("--cache-root", help="where inputs are cached (default ./data/cache)")
     run.add_argument("--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror")
     run.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")

@@ -21,8 +21,9 @@ DEFAULT_TARGET_ROOT = str(Path("data/target").resolve())
 DEFAULT_CACHE_ROOT = str(Path("data/cache").resolve())
 
 
-def run_spec(recipe: str, target_root: str, cache_root: str, prune: int | None,
-             url_rewrites: dict[str, str] | None) -> RunSpec:
+def run_spec(
+    recipe: str, target_root: str, cache_root: str, prune: int | None, url_rewrites: dict[str, str] | None
+) -> RunSpec:
     source = find_recipe(recipe)
     ref = recipe if not Path(recipe).exists() else str(source.path)
     return RunSpec(ref, source.recipe_id, target_root, cache_root, prune, tuple((url_rewrites or {}).items()))

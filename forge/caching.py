@@ -43,7 +43,7 @@ def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec) -> list[CacheBatch]:
     batches = []
     for host, items in by_host.items():
         n = n_cache_batches(len(items), recipe.max_concurrency_per_host, recipe.cache_batch_size)
-        for i, r in enumerate(split_evenly(len(items), n)):
+        for r in split_evenly(len(items), n):
             batches.append(CacheBatch(f"cache-{len(batches):04d}", host, tuple(items[r.start : r.stop])))
     return batches
 
@@ -54,7 +54,10 @@ def reads_in_place(recipe: XarrayZarrRecipe) -> bool:
 
 
 def fetch_missing(
-    recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch, lookup: Lookup = env_lookup,
+    recipe: XarrayZarrRecipe,
+    run: RunSpec,
+    batch: CacheBatch,
+    lookup: Lookup = env_lookup,
     limit: Limiter = no_limit,
 ) -> int:
     """Download every input of the batch that is not cached yet; returns how many were downloaded.
@@ -125,7 +128,10 @@ def summarize_batch(recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch) -
 
 
 def cache_batch(
-    recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch, lookup: Lookup = env_lookup,
+    recipe: XarrayZarrRecipe,
+    run: RunSpec,
+    batch: CacheBatch,
+    lookup: Lookup = env_lookup,
     limit: Limiter = no_limit,
 ) -> list[InputSummary]:
     """The whole cache stage for one batch: fetch what is missing, then summarize every input."""

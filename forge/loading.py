@@ -47,16 +47,21 @@ def find_recipe(ref: str) -> RecipeSource:
     if candidate.is_file():
         return RecipeSource(ref, candidate.resolve())
     known = ", ".join(r.recipe_id for r in list_recipes()) or "none"
-    raise LookupError(f"no recipe {ref!r}: not a recipe file or directory, and not an id in "
-                      f"{recipes_dir()} (known: {known})")
+    raise LookupError(
+        f"no recipe {ref!r}: not a recipe file or directory, and not an id in "
+        f"{recipes_dir()} (known: {known})"
+    )
 
 
 def list_recipes() -> list[RecipeSource]:
     root = recipes_dir()
     if not root.is_dir():
         return []
-    return [RecipeSource(d.name, (d / "recipe.py").resolve()) for d in sorted(root.iterdir())
-            if (d / "recipe.py").is_file()]
+    return [
+        RecipeSource(d.name, (d / "recipe.py").resolve())
+        for d in sorted(root.iterdir())
+        if (d / "recipe.py").is_file()
+    ]
 
 
 @functools.lru_cache(maxsize=32)

@@ -16,7 +16,7 @@ from itertools import accumulate
 
 @dataclass(frozen=True)
 class Piece:
-    """Items ``[src_start, src_stop)`` of the input at concat ``position`` go to ``dst_start`` in the chunk."""
+    """Items ``[src_start, src_stop)`` of the input at concat ``position`` go to ``dst_start``."""
 
     position: int
     src_start: int
@@ -40,7 +40,7 @@ def split_evenly(n: int, parts: int) -> list[range]:
     Examples
     --------
     >>> split_evenly(10, 3)
-    [range(0, 4), range(4, 7), range(7, 10)]
+    [range(0, 3), range(3, 6), range(6, 10)]
     """
     parts = max(1, min(parts, n))
     bounds = [n * i // parts for i in range(parts + 1)]

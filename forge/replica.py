@@ -28,12 +28,25 @@ def oisst_url(day: pd.Timestamp, root: str = OISST_ROOT) -> str:
 
 
 def _packed(name: str, values: np.ndarray, long_name: str, units: str, valid: tuple[int, int]) -> xr.Variable:
-    var = xr.Variable(("time", "zlev", "lat", "lon"), values[None, None].astype("float32"),
-                      attrs={"long_name": long_name, "units": units, "valid_min": np.int16(valid[0]),
-                             "valid_max": np.int16(valid[1])})
-    var.encoding = {"dtype": "int16", "scale_factor": np.float32(0.01), "add_offset": np.float32(0.0),
-                    "_FillValue": np.int16(-999), "zlib": True, "complevel": 4,
-                    "chunksizes": (1, 1, 720, 1440)}
+    var = xr.Variable(
+        ("time", "zlev", "lat", "lon"),
+        values[None, None].astype("float32"),
+        attrs={
+            "long_name": long_name,
+            "units": units,
+            "valid_min": np.int16(valid[0]),
+            "valid_max": np.int16(valid[1]),
+        },
+    )
+    var.encoding = {
+        "dtype": "int16",
+        "scale_factor": np.float32(0.01),
+        "add_offset": np.float32(0.0),
+        "_FillValue": np.int16(-999),
+        "zlib": True,
+        "complevel": 4,
+        "chunksizes": (1, 1, 720, 1440),
+    }
     return var
 
 
@@ -51,34 +64,43 @@ def oisst_dataset(day: pd.Timestamp, nlat: int = 720, nlon: int = 1440) -> xr.Da
     for field in (sst, anom, err, ice):
         field[land] = np.nan
     days = (day + pd.Timedelta(hours=12) - pd.Timestamp("1978-01-01 12:00")).days
-    time = xr.Variable("time", np.array([days], dtype="float32"),
-                       attrs={"long_name": "Center time of the day", "units": "days since 1978-01-01 12:00:00"})
+    time = xr.Variable(
+        "time",
+        np.array([days], dtype="float32"),
+        attrs={"long_name": "Center time of the day", "units": "days since 1978-01-01 12:00:00"},
+    )
     ds = xr.Dataset(
         {
             "sst": _packed("sst", sst, "Daily sea surface temperature", "Celsius", (-300, 4500)),
-            "anom": _packed("anom", anom, "Daily sea surface temperature anomalies", "Celsius", (-1200, 1200)),
-            "err": _packed("err", err, "Estimated error standard deviation of analysed_sst", "Celsius",
-                           (0, 1000)),
+            "anom": _packed(
+                "anom", anom, "Daily sea surface temperature anomalies", "Celsius", (-1200, 1200)
+            ),
+            "err": _packed(
+                "err", err, "Estimated error standard deviation of analysed_sst", "Celsius", (0, 1000)
+            ),
             "ice": _packed("ice", ice, "Sea ice concentration", "%", (0, 100)),
         },
         coords={
             "time": time,
-            "zlev": ("zlev", np.array([0.0], dtype="float32"),
-                     {"long_name": "Sea surface height", "units": "meters", "positive": "down"}),
+            "zlev": (
+                "zlev",
+                np.array([0.0], dtype="float32"),
+                {"long_name": "Sea surface height", "units": "meters", "positive": "down"},
+            ),
             "lat": ("lat", lat, {"long_name": "Latitude", "units": "degrees_north", "grids": "Uniform grid"}),
             "lon": ("lon", lon, {"long_name": "Longitude", "units": "degrees_east", "grids": "Uniform grid"}),
         },
         attrs={
             "Conventions": "CF-1.6, ACDD-1.3",
             "title": "NOAA/NCEI 1/4 Degree Daily Optimum Interpolation Sea Surface Temperature (OISST) "
-                     "Analysis, Version 2.1 - Final",
+            "Analysis, Version 2.1 - Final",
             "institution": "NOAA/National Centers for Environmental Information",
             "source": "ICOADS, NCEP_GTS, GSFC_ICE, NCEP_ICE, Pathfinder_AVHRR, Navy_AVHRR",
             "id": f"oisst-avhrr-v02r01.{day:%Y%m%d}.nc",
             "time_coverage_start": f"{day:%Y-%m-%d}T00:00:00Z",
             "time_coverage_end": f"{day:%Y-%m-%d}T23:59:59Z",
             "references": "Reynolds, et al.(2007) Daily High-Resolution-Blended Analyses for Sea Surface "
-                          "Temperature (available at https://doi.org/10.1175/2007JCLI1824.1).",
+            "Temperature (available at https://doi.org/10.1175/2007JCLI1824.1).",
             "comment": "Local replica with synthetic values in the product's exact layout and schema.",
         },
     )
@@ -98,7 +120,12 @@ class OisstReplica:
         self._lock = threading.Lock()
 
     def path_for(self, day: pd.Timestamp) -> Path:
-        path = self.directory / f"{self.nlat}x{self.nlon}" / f"{day:%Y%m}" / f"oisst-avhrr-v02r01.{day:%Y%m%d}.nc"
+        path = (
+            self.directory
+            / f"{self.nlat}x{self.nlon}"
+            / f"{day:%Y%m}"
+            / f"oisst-avhrr-v02r01.{day:%Y%m%d}.nc"
+        )
         with self._lock:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,8 +93,11 @@ class Template:
         for v in self.variables:
             h.update(repr((v.name, v.dims, v.shape, str(v.dtype), _sorted_repr(v.encoding))).encode())
         if self.concat_values is not None:
-            h.update(np.ascontiguousarray(self.concat_values).astype("datetime64[ns]", copy=False).tobytes()
-                     if self.concat_values.dtype.kind == "M" else repr(self.concat_values.tolist()).encode())
+            h.update(
+                np.ascontiguousarray(self.concat_values).astype("datetime64[ns]", copy=False).tobytes()
+                if self.concat_values.dtype.kind == "M"
+                else repr(self.concat_values.tolist()).encode()
+            )
         h.update(_sorted_repr(self.concat_encoding).encode())
         return h.hexdigest()
 
@@ -119,8 +122,9 @@ def _digest(values: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def summarize(ds: xr.Dataset, key: Key, url: str, location: str, size: int,
-              concat_dim: str | None) -> InputSummary:
+def summarize(
+    ds: xr.Dataset, key: Key, url: str, location: str, size: int, concat_dim: str | None
+) -> InputSummary:
     """Summarize one (decoded, preprocessed) input. Loads only the concat coordinate and static variables."""
     if concat_dim is not None and concat_dim not in ds.dims:
         raise InputError(f"{url}: has no dimension {concat_dim!r} (dimensions: {sorted(map(str, ds.dims))})")
@@ -163,8 +167,9 @@ def _merge_part(key: Key, concat_dim: str | None) -> tuple[tuple[str, int], ...]
     return tuple((n, p) for n, p in key.positions if n != concat_dim)
 
 
-def _check_same_variable(ref: VariableSummary, other: VariableSummary, ref_url: str, url: str,
-                         concat_dim: str | None) -> None:
+def _check_same_variable(
+    ref: VariableSummary, other: VariableSummary, ref_url: str, url: str, concat_dim: str | None
+) -> None:
     name = ref.name
     if ref.dims != other.dims:
         raise InputError(f"variable {name!r} has dims {other.dims} in {url} but {ref.dims} in {ref_url}")
@@ -184,8 +189,13 @@ def _check_same_variable(ref: VariableSummary, other: VariableSummary, ref_url: 
         raise InputError(f"static variable {name!r} has different values in {url} than in {ref_url}")
 
 
-def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, preprocessed: bool = False,
-            nitems_per_file: int | None = None) -> Template:
+def combine(
+    summaries: Sequence[InputSummary],
+    concat_dim: str | None,
+    *,
+    preprocessed: bool = False,
+    nitems_per_file: int | None = None,
+) -> Template:
     """Check that all inputs agree and build the target's :class:`Template`."""
     if not summaries:
         raise InputError("the pattern has no inputs")
@@ -201,12 +211,15 @@ def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, prepro
             break
         n = s.dims[concat_dim]
         if nitems_per_file is not None and n != nitems_per_file:
-            raise InputError(f"{s.url}: has {n} items along {concat_dim!r}, the recipe says nitems_per_file="
-                             f"{nitems_per_file}")
+            raise InputError(
+                f"{s.url}: has {n} items along {concat_dim!r}, the recipe says nitems_per_file="
+                f"{nitems_per_file}"
+            )
         pos = s.key[concat_dim]
         if pos in lengths and lengths[pos][0] != n:
-            raise InputError(f"{s.url} has {n} items along {concat_dim!r} but {lengths[pos][1]} has "
-                             f"{lengths[pos][0]}")
+            raise InputError(
+                f"{s.url} has {n} items along {concat_dim!r} but {lengths[pos][1]} has {lengths[pos][0]}"
+            )
         lengths.setdefault(pos, (n, s.url))
     length_list = tuple(lengths[p][0] for p in sorted(lengths))
 
@@ -237,8 +250,10 @@ def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, prepro
                 if along or specs[v.name].along_concat:
                     raise InputError(f"variable {v.name!r} is in more than one merged input ({ref.url})")
                 if static_digests[v.name][0] != v.digest:
-                    raise InputError(f"static variable {v.name!r} differs between {static_digests[v.name][1]} "
-                                     f"and {ref.url}")
+                    raise InputError(
+                        f"static variable {v.name!r} differs between {static_digests[v.name][1]} "
+                        f"and {ref.url}"
+                    )
                 continue
             if not along:
                 static_digests[v.name] = (v.digest, ref.url)
@@ -247,21 +262,40 @@ def combine(summaries: Sequence[InputSummary], concat_dim: str | None, *, prepro
                 and all(_same(m.variable(v.name).encoding[k], v.encoding[k]) for k in v.encoding)
                 for m in members
             )
-            shape = tuple(sum(length_list) if d == concat_dim else n for d, n in zip(v.dims, v.shape, strict=True))
-            specs[v.name] = VariableSpec(v.name, v.dims, shape, v.dtype, v.attrs, dict(v.encoding), v.is_coord,
-                                         merge_pos, along, raw_ok)
+            shape = tuple(
+                sum(length_list) if d == concat_dim else n for d, n in zip(v.dims, v.shape, strict=True)
+            )
+            specs[v.name] = VariableSpec(
+                v.name,
+                v.dims,
+                shape,
+                v.dtype,
+                v.attrs,
+                dict(v.encoding),
+                v.is_coord,
+                merge_pos,
+                along,
+                raw_ok,
+            )
     if concat_dim is not None:
         sizes[concat_dim] = sum(length_list)
 
     concat_values, concat_encoding = None, {}
     if concat_dim is not None and ordered[0].concat_values is not None:
         concat_values, concat_encoding = _concat_coordinate(groups, concat_dim)
-    attrs = {k: v for k, v in ordered[0].attrs.items() if all(k in s.attrs and _same(s.attrs[k], v)
-                                                               for s in ordered[1:])}
-    return Template(concat_dim, length_list, sizes, tuple(specs.values()), attrs, concat_values, concat_encoding)
+    attrs = {
+        k: v
+        for k, v in ordered[0].attrs.items()
+        if all(k in s.attrs and _same(s.attrs[k], v) for s in ordered[1:])
+    }
+    return Template(
+        concat_dim, length_list, sizes, tuple(specs.values()), attrs, concat_values, concat_encoding
+    )
 
 
-def _concat_coordinate(groups: Mapping[tuple, list[InputSummary]], concat_dim: str) -> tuple[np.ndarray, dict]:
+def _concat_coordinate(
+    groups: Mapping[tuple, list[InputSummary]], concat_dim: str
+) -> tuple[np.ndarray, dict]:
     members = next(iter(groups.values()))
     values = np.concatenate([s.concat_values for s in members])
     encodings = [s.variable(concat_dim).encoding for s in members]

@@ -38,10 +38,19 @@ class SourceServer:
         Throttling: a pause before each response, and a cap on each response's rate.
     """
 
-    def __init__(self, root: Path | None = None, generate: Generator | None = None, *,
-                 basic_auth: tuple[str, str] | None = None, required_query: dict[str, str] | None = None,
-                 faults: dict[str, list[str]] | None = None, delay: float = 0.0,
-                 bytes_per_second: float | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        root: Path | None = None,
+        generate: Generator | None = None,
+        *,
+        basic_auth: tuple[str, str] | None = None,
+        required_query: dict[str, str] | None = None,
+        faults: dict[str, list[str]] | None = None,
+        delay: float = 0.0,
+        bytes_per_second: float | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
         if (root is None) == (generate is None):
             raise ValueError("give exactly one of root or generate")
         self.root, self.generate = root, generate

@@ -82,6 +82,10 @@ class Storage:
             return []
         return sorted(p[len(base) :].lstrip("/") for p in found)
 
+    def total_size(self) -> int:
+        """Bytes stored under the root."""
+        return int(sum(self.fs.du(self._path(""), total=False).values()))
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):

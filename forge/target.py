@@ -54,24 +54,37 @@ def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
     return default_chunk(item_bytes, template.sizes[dim])
 
 
-def _chunks_for(recipe: XarrayZarrRecipe, spec: VariableSpec, template: Template, chunk: int) -> tuple[int, ...]:
+def _chunks_for(
+    recipe: XarrayZarrRecipe, spec: VariableSpec, template: Template, chunk: int
+) -> tuple[int, ...]:
     if not spec.along_concat:
         return spec.shape  # static variables and dimension coordinates: one chunk each
-    return tuple(chunk if d == template.concat_dim else min(n, recipe.target_chunks.get(d, n))
-                 for d, n in zip(spec.dims, spec.shape, strict=True))
+    return tuple(
+        chunk if d == template.concat_dim else min(n, recipe.target_chunks.get(d, n))
+        for d, n in zip(spec.dims, spec.shape, strict=True)
+    )
 
 
 def fingerprint(recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary]) -> str:
     h = hashlib.sha256(template.digest().encode())
-    h.update(repr((sorted(recipe.target_chunks.items()), recipe.zarr_format, sorted(recipe.attrs.items()),
-                   __version__)).encode())
+    h.update(
+        repr(
+            (
+                sorted(recipe.target_chunks.items()),
+                recipe.zarr_format,
+                sorted(recipe.attrs.items()),
+                __version__,
+            )
+        ).encode()
+    )
     for s in sorted(summaries, key=lambda s: s.key):
         h.update(f"{s.key.label} {s.url} {s.size}\n".encode())
     return h.hexdigest()[:32]
 
 
-def _template_dataset(recipe: XarrayZarrRecipe, run: RunSpec, template: Template,
-                      summaries: Sequence[InputSummary], chunk: int) -> xr.Dataset:
+def _template_dataset(
+    recipe: XarrayZarrRecipe, run: RunSpec, template: Template, summaries: Sequence[InputSummary], chunk: int
+) -> xr.Dataset:
     storage = Storage(run.cache_root)
     first_of_group: dict[tuple, InputSummary] = {}
     for s in sorted(summaries, key=lambda s: s.key):
@@ -104,11 +117,14 @@ def _template_dataset(recipe: XarrayZarrRecipe, run: RunSpec, template: Template
     return xr.Dataset(data, coords=coords, attrs={**template.attrs, **recipe.attrs})
 
 
-def plan_write_batches(recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary],
-                       chunk: int) -> list[WriteBatch]:
+def plan_write_batches(
+    recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary], chunk: int
+) -> list[WriteBatch]:
     dim = template.concat_dim
-    location = {(s.key[dim], tuple((n, p) for n, p in s.key.positions if n != dim)): (s.location, s.url)
-                for s in summaries}
+    location = {
+        (s.key[dim], tuple((n, p) for n, p in s.key.positions if n != dim)): (s.location, s.url)
+        for s in summaries
+    }
     sources = {v.source for v in template.concat_variables}
     batches = []
     for i, chunks in enumerate(batch_chunks(chunk_writes(template.lengths, chunk), recipe.max_write_batches)):
@@ -118,17 +134,24 @@ def plan_write_batches(recipe: XarrayZarrRecipe, template: Template, summaries: 
     return batches
 
 
-def prepare_target(recipe: XarrayZarrRecipe, run: RunSpec,
-                   summaries: Sequence[InputSummary]) -> tuple[TargetSpec, list[WriteBatch]]:
-    """Combine all inputs' schemas, write the template (unless an identical store is finished), plan writes."""
-    template = combine(summaries, recipe.concat_dim, preprocessed=recipe.process_input is not None,
-                       nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None)
+def prepare_target(
+    recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
+) -> tuple[TargetSpec, list[WriteBatch]]:
+    """Combine all inputs' schemas, write the template (unless an identical store is done), plan writes."""
+    template = combine(
+        summaries,
+        recipe.concat_dim,
+        preprocessed=recipe.process_input is not None,
+        nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None,
+    )
     fp = fingerprint(recipe, template, summaries)
     url = run.target_url
     existing = _existing_attrs(url)
     complete = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
-    batches = [] if complete or not template.concat_dim else plan_write_batches(recipe, template, summaries, chunk)
+    batches = (
+        [] if complete or not template.concat_dim else plan_write_batches(recipe, template, summaries, chunk)
+    )
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
     else:
@@ -137,8 +160,16 @@ def prepare_target(recipe: XarrayZarrRecipe, run: RunSpec,
             warnings.simplefilter("ignore", UserWarning)
             ds.to_zarr(url, mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False)
         logger.info("prepared %s: %s", url, dict(template.sizes))
-    spec = TargetSpec(run, url, template.concat_dim, template.concat_variables, fp, complete,
-                      len(summaries), sum(len(b.chunks) for b in batches))
+    spec = TargetSpec(
+        run,
+        url,
+        template.concat_dim,
+        template.concat_variables,
+        fp,
+        complete,
+        len(summaries),
+        sum(len(b.chunks) for b in batches),
+    )
     return spec, batches
 
 
@@ -146,14 +177,16 @@ def finalize_target(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Ma
     """Write provenance attrs, mark the store complete and consolidate metadata."""
     if not target.complete:
         group = open_group(target.url)
-        group.attrs.update({
-            **{k: v for k, v in provenance.items() if v is not None},
-            "forge:recipe_id": target.run.recipe_id,
-            "forge:version": __version__,
-            "forge:pattern_sha256": recipe.pattern.sha256(),
-            FINGERPRINT_ATTR: target.fingerprint,
-            COMPLETE_ATTR: True,
-        })
+        group.attrs.update(
+            {
+                **{k: v for k, v in provenance.items() if v is not None},
+                "forge:recipe_id": target.run.recipe_id,
+                "forge:version": __version__,
+                "forge:pattern_sha256": recipe.pattern.sha256(),
+                FINGERPRINT_ATTR: target.fingerprint,
+                COMPLETE_ATTR: True,
+            }
+        )
         if recipe.consolidated:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
@@ -166,6 +199,11 @@ def describe(url: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         ds = xr.open_zarr(url)
-    stored = sum(Storage(url).fs.du(Storage(url)._path(""), total=False).values()) if url else 0
-    return {"url": url, "repr": repr(ds), "nbytes": int(ds.nbytes), "stored_bytes": int(stored),
-            "sizes": {str(k): int(v) for k, v in ds.sizes.items()}}
+    stored = Storage(url).total_size()
+    return {
+        "url": url,
+        "repr": repr(ds),
+        "nbytes": int(ds.nbytes),
+        "stored_bytes": int(stored),
+        "sizes": {str(k): int(v) for k, v in ds.sizes.items()},
+    }

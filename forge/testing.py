@@ -11,8 +11,17 @@ import pandas as pd
 import xarray as xr
 
 
-def make_dataset(n_time: int = 12, *, freq: str = "D", start: str = "2000-01-01", nlat: int = 3, nlon: int = 4,
-                 variables: Sequence[str] = ("tas", "pr"), packed: bool = False, seed: int = 0) -> xr.Dataset:
+def make_dataset(
+    n_time: int = 12,
+    *,
+    freq: str = "D",
+    start: str = "2000-01-01",
+    nlat: int = 3,
+    nlon: int = 4,
+    variables: Sequence[str] = ("tas", "pr"),
+    packed: bool = False,
+    seed: int = 0,
+) -> xr.Dataset:
     """A small CF dataset (time, lat, lon) with a static ``mask`` and optionally int16-packed variables."""
     rng = np.random.default_rng(seed)
     time = pd.date_range(start, periods=n_time, freq=freq)
@@ -22,15 +31,24 @@ def make_dataset(n_time: int = 12, *, freq: str = "D", start: str = "2000-01-01"
     for i, name in enumerate(variables):
         values = np.round(rng.normal(10 * i, 3, size=(n_time, nlat, nlon)), 2).astype("float32")
         values[:, 0, 0] = np.nan
-        var = xr.Variable(("time", "lat", "lon"), values, attrs={"long_name": f"synthetic {name}", "units": "K"})
+        var = xr.Variable(
+            ("time", "lat", "lon"), values, attrs={"long_name": f"synthetic {name}", "units": "K"}
+        )
         if packed:
-            var.encoding = {"dtype": "int16", "scale_factor": np.float32(0.01), "add_offset": np.float32(0.0),
-                            "_FillValue": np.int16(-32767)}
+            var.encoding = {
+                "dtype": "int16",
+                "scale_factor": np.float32(0.01),
+                "add_offset": np.float32(0.0),
+                "_FillValue": np.int16(-32767),
+            }
         data[name] = var
     ds = xr.Dataset(
         data,
-        coords={"time": time, "lat": ("lat", lat, {"units": "degrees_north"}),
-                "lon": ("lon", lon, {"units": "degrees_east"})},
+        coords={
+            "time": time,
+            "lat": ("lat", lat, {"units": "degrees_north"}),
+            "lon": ("lon", lon, {"units": "degrees_east"}),
+        },
         attrs={"title": "synthetic test data", "Conventions": "CF-1.8"},
     )
     ds["mask"] = (("lat", "lon"), (rng.random((nlat, nlon)) > 0.3).astype("int8"), {"long_name": "land mask"})
@@ -38,7 +56,11 @@ def make_dataset(n_time: int = 12, *, freq: str = "D", start: str = "2000-01-01"
 
 
 def split_points(n: int, items_per_file: int | Sequence[int]) -> list[tuple[int, int]]:
-    sizes = [items_per_file] * -(-n // items_per_file) if isinstance(items_per_file, int) else list(items_per_file)
+    sizes = (
+        [items_per_file] * -(-n // items_per_file)
+        if isinstance(items_per_file, int)
+        else list(items_per_file)
+    )
     bounds, start = [], 0
     for size in sizes:
         stop = min(n, start + size)
@@ -47,9 +69,17 @@ def split_points(n: int, items_per_file: int | Sequence[int]) -> list[tuple[int,
     return bounds
 
 
-def write_inputs(ds: xr.Dataset, directory: Path, items_per_file: int | Sequence[int] = 1, *,
-                 fmt: str = "NETCDF4", per_variable: bool = False, time_units: str | None = None,
-                 time_units_per_file: bool = False, time_dtype: str | None = None) -> list[Path]:
+def write_inputs(
+    ds: xr.Dataset,
+    directory: Path,
+    items_per_file: int | Sequence[int] = 1,
+    *,
+    fmt: str = "NETCDF4",
+    per_variable: bool = False,
+    time_units: str | None = None,
+    time_units_per_file: bool = False,
+    time_dtype: str | None = None,
+) -> list[Path]:
     """Write ``ds`` as files ``{variable}_{i:04d}.nc`` (or ``all_...``) split along time.
 
     ``time_units_per_file`` gives each file its own reference date (``hours since <its first time>``), as
@@ -65,7 +95,9 @@ def write_inputs(ds: xr.Dataset, directory: Path, items_per_file: int | Sequence
             piece = part if name == "all" else part[[name]].assign(mask=part["mask"])
             piece = piece.copy()
             if time_units_per_file:
-                piece.time.encoding["units"] = f"hours since {pd.Timestamp(piece.time.values[0]):%Y-%m-%d %H:%M:%S}"
+                piece.time.encoding["units"] = (
+                    f"hours since {pd.Timestamp(piece.time.values[0]):%Y-%m-%d %H:%M:%S}"
+                )
             elif time_units:
                 piece.time.encoding["units"] = time_units
             if time_dtype:
@@ -84,8 +116,17 @@ def open_sources(paths: Sequence[Path], *, raw: bool = False) -> xr.Dataset:
         # files from write_inputs are "{variable}_{i}.nc": one group per variable; others form one group
         group = Path(p).name.rsplit("_", 1)[0] if "_" in Path(p).name else ""
         groups.setdefault(group, []).append(xr.open_dataset(p, **kwargs).load())
-    parts = [xr.concat(g, "time", data_vars="minimal", coords="minimal", compat="override",
-                       combine_attrs="drop_conflicts") for g in groups.values()]
+    parts = [
+        xr.concat(
+            g,
+            "time",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            combine_attrs="drop_conflicts",
+        )
+        for g in groups.values()
+    ]
     return xr.merge(parts, compat="override", combine_attrs="drop_conflicts", join="exact")
 
 
@@ -115,5 +156,6 @@ def assert_store_matches(url: str, sources: Sequence[Path], *, check_packed: boo
         raw_actual = open_store(url, raw=True)
         packed = [n for n, v in raw_expected.data_vars.items() if "scale_factor" in v.attrs]
         for name in packed:
-            xr.testing.assert_identical(raw_actual[name].reset_coords(drop=True),
-                                        raw_expected[name].reset_coords(drop=True))
+            xr.testing.assert_identical(
+                raw_actual[name].reset_coords(drop=True), raw_expected[name].reset_coords(drop=True)
+            )

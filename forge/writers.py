@@ -43,7 +43,9 @@ class BatchStats:
 class _Inputs:
     """Inputs opened once per batch (raw and/or decoded), closed when the batch ends."""
 
-    def __init__(self, recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch, stack: contextlib.ExitStack):
+    def __init__(
+        self, recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch, stack: contextlib.ExitStack
+    ):
         self.recipe, self.batch, self.stack = recipe, batch, stack
         self.storage = Storage(target.run.cache_root)
         self.concat_dim = target.concat_dim
@@ -78,14 +80,22 @@ def _read(ds: xr.Dataset, spec: VariableSpec, indexers: dict[str, slice], raw: b
     return np.asarray(var.values, dtype=spec.encoded_dtype)
 
 
-def write_chunk(inputs: _Inputs, spec: VariableSpec, arr: zarr.Array, chunk: ChunkWrite, concat_dim: str) -> int:
+def write_chunk(
+    inputs: _Inputs, spec: VariableSpec, arr: zarr.Array, chunk: ChunkWrite, concat_dim: str
+) -> int:
     axis = spec.dims.index(concat_dim)
-    if chunk.start % arr.chunks[axis] or (chunk.stop - chunk.start != arr.chunks[axis] and chunk.stop != arr.shape[axis]):
-        raise ChunkWriteError(f"chunk {chunk.index} [{chunk.start}, {chunk.stop}) does not match the Zarr chunks "
-                              f"{arr.chunks} of {spec.name!r}; the write plan is inconsistent with the target")
+    if chunk.start % arr.chunks[axis] or (
+        chunk.stop - chunk.start != arr.chunks[axis] and chunk.stop != arr.shape[axis]
+    ):
+        raise ChunkWriteError(
+            f"chunk {chunk.index} [{chunk.start}, {chunk.stop}) does not match the Zarr chunks "
+            f"{arr.chunks} of {spec.name!r}; the write plan is inconsistent with the target"
+        )
     written = 0
     for block in _blocks(spec, arr, concat_dim):
-        shape = [chunk.stop - chunk.start if d == concat_dim else block[d].stop - block[d].start for d in spec.dims]
+        shape = [
+            chunk.stop - chunk.start if d == concat_dim else block[d].stop - block[d].start for d in spec.dims
+        ]
         buf = np.empty(shape, dtype=spec.encoded_dtype)
         for piece in chunk.pieces:
             ds, url = inputs.dataset(piece.position, spec.source, spec.raw_ok)
@@ -95,8 +105,10 @@ def write_chunk(inputs: _Inputs, spec: VariableSpec, arr: zarr.Array, chunk: Chu
             try:
                 buf[tuple(dst)] = _read(ds, spec, indexers, spec.raw_ok)
             except Exception as e:
-                raise ChunkWriteError(f"reading {spec.name!r} [{piece.src_start}:{piece.src_stop}] from input "
-                                      f"{url}: {type(e).__name__}: {e}") from e
+                raise ChunkWriteError(
+                    f"reading {spec.name!r} [{piece.src_start}:{piece.src_stop}] from input "
+                    f"{url}: {type(e).__name__}: {e}"
+                ) from e
         region = tuple(slice(chunk.start, chunk.stop) if d == concat_dim else block[d] for d in spec.dims)
         arr[region] = buf
         written += buf.nbytes
@@ -114,11 +126,20 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
         for chunk in batch.chunks:
             for spec in target.variables:
                 try:
-                    stats.bytes_written += write_chunk(inputs, spec, arrays[spec.name], chunk, target.concat_dim)
+                    stats.bytes_written += write_chunk(
+                        inputs, spec, arrays[spec.name], chunk, target.concat_dim
+                    )
                 except ChunkWriteError as e:
-                    raise ChunkWriteError(f"{batch.label}: variable {spec.name!r}, chunk {chunk.index}: {e}") from e
+                    raise ChunkWriteError(
+                        f"{batch.label}: variable {spec.name!r}, chunk {chunk.index}: {e}"
+                    ) from e
             stats.chunks += 1
     stats.seconds = time.perf_counter() - t0
-    logger.info("%s: wrote %d chunks (%.1f MB) in %.2fs", batch.label, stats.chunks, stats.bytes_written / 1e6,
-                stats.seconds)
+    logger.info(
+        "%s: wrote %d chunks (%.1f MB) in %.2fs",
+        batch.label,
+        stats.chunks,
+        stats.bytes_written / 1e6,
+        stats.seconds,
+    )
     return stats

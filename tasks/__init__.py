@@ -1,1 +1,1 @@
-"""Prefect tasks: thin wrappers that call one ``forge`` stage each, with retries and names on the decorator."""
+"""Prefect tasks: thin wrappers that call one ``forge`` stage each; retries and names on the decorator."""

@@ -21,7 +21,8 @@ def finalize_target(target: TargetSpec, timings: dict[str, float] | None = None)
             f"# {target.run.recipe_id}\n\nStore: `{summary['url']}`\n\n"
             f"Inputs: {target.n_inputs}; chunks written this run: {target.n_chunks}"
             f"{' (already complete: nothing written)' if target.complete else ''}\n\n"
-            f"Decoded size: {summary['nbytes'] / 1e6:.1f} MB; stored: {summary['stored_bytes'] / 1e6:.1f} MB\n\n"
+            f"Decoded size: {summary['nbytes'] / 1e6:.1f} MB; "
+            f"stored: {summary['stored_bytes'] / 1e6:.1f} MB\n\n"
             f"| stage | time |\n|---|---|\n{rows}\n\n```\n{summary['repr']}\n```\n"
         ),
     )

@@ -33,7 +33,9 @@ def served(tmp_path: Path):
 @pytest.fixture
 def run_spec(tmp_path: Path):
     def make(recipe: str = "test", **kw) -> RunSpec:
-        return RunSpec(recipe, kw.pop("recipe_id", "test"), str(tmp_path / "target"), str(tmp_path / "cache"), **kw)
+        return RunSpec(
+            recipe, kw.pop("recipe_id", "test"), str(tmp_path / "target"), str(tmp_path / "cache"), **kw
+        )
 
     return make
 

@@ -57,8 +57,9 @@ def test_hourly_files_with_their_own_time_units(served, run_spec):
     """Each file says 'hours since <its start>': the store must keep every hour, not collapse to days."""
     ds = make_dataset(48, freq="h")
     paths = write_inputs(ds, Path(served.root), 6, time_units_per_file=True)
-    out = run_locally(XarrayZarrRecipe(concat_pattern(served, len(paths)), target_chunks={"time": 10}),
-                      run_spec())
+    out = run_locally(
+        XarrayZarrRecipe(concat_pattern(served, len(paths)), target_chunks={"time": 10}), run_spec()
+    )
     assert_store_matches(out["url"], paths)
     store = xr.open_zarr(out["url"])
     assert store.time.to_index().is_unique and len(store.time) == 48
@@ -68,7 +69,9 @@ def test_hourly_data_with_daily_first_file_units(served, run_spec):
     """The first file's units ('days since', int) cannot hold hours: another exact encoding is chosen."""
     ds = make_dataset(24, freq="6h")
     paths = write_inputs(ds, Path(served.root), 4, time_units="days since 2000-01-01", time_dtype="float64")
-    out = run_locally(XarrayZarrRecipe(concat_pattern(served, len(paths)), target_chunks={"time": 8}), run_spec())
+    out = run_locally(
+        XarrayZarrRecipe(concat_pattern(served, len(paths)), target_chunks={"time": 8}), run_spec()
+    )
     assert_store_matches(out["url"], paths)
 
 

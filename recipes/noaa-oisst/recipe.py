@@ -1,4 +1,4 @@
-"""NOAA OISST v2.1 (AVHRR): daily 1/4-degree sea surface temperature, one netCDF4 file per day since 1981-09-01."""
+"""NOAA OISST v2.1 (AVHRR): daily 1/4-degree SST, one netCDF4 file per day since 1981-09-01."""
 
 import pandas as pd
 
@@ -6,7 +6,9 @@ from forge import ConcatDim, FilePattern, XarrayZarrRecipe
 
 # Final files appear about two weeks after the day they cover (before that, only "_preliminary" ones).
 LATENCY = pd.Timedelta(days=15)
-dates = pd.date_range("1981-09-01", pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() - LATENCY, freq="D")
+dates = pd.date_range(
+    "1981-09-01", pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() - LATENCY, freq="D"
+)
 
 
 def make_url(time: pd.Timestamp) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from forge.loading import load_recipe
-from forge.replica import OISST_ROOT, OisstReplica, oisst_url
+from forge.replica import OISST_ROOT, oisst_url
 from forge.testing import assert_store_matches
 
 
@@ -24,10 +24,26 @@ def test_pattern_uses_the_real_ncei_layout():
 def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path):
     replica = tmp_path / "replica"
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "noaa-oisst", "--prune", "3", "--local-replica",
-         "--replica-dir", str(replica), "--target-root", str(tmp_path / "target"),
-         "--cache-root", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2],
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "noaa-oisst",
+            "--prune",
+            "3",
+            "--local-replica",
+            "--replica-dir",
+            str(replica),
+            "--target-root",
+            str(tmp_path / "target"),
+            "--cache-root",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[2],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     url = str(tmp_path / "target" / "noaa-oisst.zarr")
@@ -44,6 +60,10 @@ def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path):
 
 
 def test_cli_lists_recipes():
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "list"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2])
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "list"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
     assert out.returncode == 0 and "noaa-oisst" in out.stdout and "Optimum Interpolation" in out.stdout

@@ -29,14 +29,20 @@ def test_transient_failures_are_retried_to_success(server, tmp_path):
 
 def test_gives_up_after_the_policy_attempts(server, tmp_path):
     with pytest.raises(TransientSourceError, match="gave up after 3 attempts"):
-        download(f"{server.url}/a.nc", tmp_path / "out", display_url="a.nc",
-                 policy=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+        download(
+            f"{server.url}/a.nc",
+            tmp_path / "out",
+            display_url="a.nc",
+            policy=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01),
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_404_fails_at_once_with_the_url(server, tmp_path):
     with pytest.raises(PermanentSourceError, match=r"/missing.nc: HTTP 404"):
-        download(f"{server.url}/missing.nc", tmp_path / "out", display_url=f"{server.url}/missing.nc", policy=FAST)
+        download(
+            f"{server.url}/missing.nc", tmp_path / "out", display_url=f"{server.url}/missing.nc", policy=FAST
+        )
     assert server.requests["/missing.nc"] == 1
 
 
@@ -47,5 +53,7 @@ def test_query_secret_never_in_messages(tmp_path, monkeypatch):
         url = with_query_secrets(f"{srv.url}/x.nc", {"token": "API_TOKEN"}, lambda n: "tok-SECRET-123")
         assert "tok-SECRET-123" in url
         with pytest.raises(PermanentSourceError) as err:
-            download(url, tmp_path / "o", display_url=f"{srv.url}/x.nc", secrets=["tok-SECRET-123"], policy=FAST)
+            download(
+                url, tmp_path / "o", display_url=f"{srv.url}/x.nc", secrets=["tok-SECRET-123"], policy=FAST
+            )
     assert "HTTP 403" in str(err.value) and "SECRET" not in str(err.value)

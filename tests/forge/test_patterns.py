@@ -12,7 +12,9 @@ def url(variable: str, time: pd.Timestamp) -> str:
 
 
 def test_format_function_gets_one_keyword_per_dim():
-    p = FilePattern(url, MergeDim("variable", ["a", "b"]), ConcatDim("time", pd.date_range("2000", periods=3)))
+    p = FilePattern(
+        url, MergeDim("variable", ["a", "b"]), ConcatDim("time", pd.date_range("2000", periods=3))
+    )
     items = list(p.items())
     assert len(p) == 6 == len(items)
     assert items[0] == (Key((("variable", 0), ("time", 0))), "https://example.org/a/20000101.nc")
@@ -28,7 +30,9 @@ def test_keys_are_lazy_for_225k_inputs():
 
 
 def test_prune_keeps_first_concat_keys_and_all_merge_keys():
-    p = FilePattern(url, MergeDim("variable", ["a", "b"]), ConcatDim("time", pd.date_range("2000", periods=9)))
+    p = FilePattern(
+        url, MergeDim("variable", ["a", "b"]), ConcatDim("time", pd.date_range("2000", periods=9))
+    )
     pruned = p.prune(2)
     assert pruned.dims == {"variable": 2, "time": 2}
     assert [u for _, u in pruned.items()][:2] == [u for _, u in p.items()][:2]
@@ -42,7 +46,9 @@ def test_bad_patterns_are_refused():
     with pytest.raises(TypeError, match="Secret"):
         FilePattern(lambda t: "x", ConcatDim("t", [1]), fsspec_open_kwargs={"auth": ("user", "hunter2")})
     with pytest.raises(TypeError, match="credential"):
-        FilePattern(lambda t: "x", ConcatDim("t", [1]), fsspec_open_kwargs={"headers": {"Authorization": "x"}})
+        FilePattern(
+            lambda t: "x", ConcatDim("t", [1]), fsspec_open_kwargs={"headers": {"Authorization": "x"}}
+        )
     FilePattern(lambda t: "x", ConcatDim("t", [1]), fsspec_open_kwargs={"auth": ("user", Secret("PW"))})
 
 

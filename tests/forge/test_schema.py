@@ -13,8 +13,10 @@ from forge.testing import make_dataset
 
 
 def summaries(datasets):
-    return [summarize(ds, Key((("time", i),)), f"https://e.org/{i}.nc", f"k{i}", 0, "time")
-            for i, ds in enumerate(datasets)]
+    return [
+        summarize(ds, Key((("time", i),)), f"https://e.org/{i}.nc", f"k{i}", 0, "time")
+        for i, ds in enumerate(datasets)
+    ]
 
 
 def test_consistent_inputs_combine():
@@ -32,7 +34,9 @@ def test_missing_variable_names_the_file():
 
 def test_dimension_size_mismatch_names_both_files():
     a, b = make_dataset(2, nlat=3), make_dataset(2, nlat=4, start="2000-01-03")
-    with pytest.raises(InputError, match=r"'lat' has size 4 in https://e.org/1.nc but 3 in https://e.org/0.nc"):
+    with pytest.raises(
+        InputError, match=r"'lat' has size 4 in https://e.org/1.nc but 3 in https://e.org/0.nc"
+    ):
         combine(summaries([a, b]), "time")
 
 

@@ -12,12 +12,20 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 SOURCE = "https://data.example.org/archive"
 
 
-def write_recipe(directory: Path, n_files: int, *, chunk: int, pattern_kwargs: str = "",
-                 recipe_kwargs: str = "", name: str = "demo") -> Path:
+def write_recipe(
+    directory: Path,
+    n_files: int,
+    *,
+    chunk: int,
+    pattern_kwargs: str = "",
+    recipe_kwargs: str = "",
+    name: str = "demo",
+) -> Path:
     """A recipe directory ``directory/name/recipe.py`` over ``{SOURCE}/all_{i:04d}.nc``."""
     path = directory / name / "recipe.py"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         from forge import ConcatDim, FilePattern, Secret, XarrayZarrRecipe
 
         def url(time):
@@ -25,7 +33,8 @@ def write_recipe(directory: Path, n_files: int, *, chunk: int, pattern_kwargs: s
 
         pattern = FilePattern(url, ConcatDim("time", list(range({n_files}))), {pattern_kwargs})
         recipe = XarrayZarrRecipe(pattern, target_chunks={{"time": {chunk}}}, {recipe_kwargs})
-    """))
+    """)
+    )
     return path.parent
 
 

@@ -18,24 +18,35 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def run_flow(recipe_dir: Path, tmp_path: Path, server, **kw):
-    return recipe_flow(recipe=str(recipe_dir), target_root=str(tmp_path / "target"),
-                       cache_root=str(tmp_path / "cache"), url_rewrites={SOURCE: server.url}, return_state=True,
-                       **kw)
+    return recipe_flow(
+        recipe=str(recipe_dir),
+        target_root=str(tmp_path / "target"),
+        cache_root=str(tmp_path / "cache"),
+        url_rewrites={SOURCE: server.url},
+        return_state=True,
+        **kw,
+    )
 
 
 def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path):
     ds = make_dataset(14, packed=True)
     paths = write_inputs(ds, Path(served.root), 2)  # 2-step files, chunk 3: chunks straddle inputs
-    recipe_dir = write_recipe(tmp_path, len(paths), chunk=3, recipe_kwargs="max_write_batches=3, "
-                              "cache_batch_size=2")
+    recipe_dir = write_recipe(
+        tmp_path, len(paths), chunk=3, recipe_kwargs="max_write_batches=3, cache_batch_size=2"
+    )
     state = run_flow(recipe_dir, tmp_path, served)
     assert state.is_completed(), state.message
     summary = state.result()
     assert_store_matches(summary["url"], paths)
 
     # the reference: the plain local runner over the same recipe gives the identical store
-    run = RunSpec(str(recipe_dir / "recipe.py"), "demo", str(tmp_path / "ref"), str(tmp_path / "cache"),
-                  url_rewrites=((SOURCE, served.url),))
+    run = RunSpec(
+        str(recipe_dir / "recipe.py"),
+        "demo",
+        str(tmp_path / "ref"),
+        str(tmp_path / "cache"),
+        url_rewrites=((SOURCE, served.url),),
+    )
     reference = run_locally(load_recipe(run.recipe), run)
     xr.testing.assert_identical(open_store(summary["url"]), open_store(reference["url"]))
 
@@ -44,7 +55,9 @@ def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path):
     names = sorted(tr.name for tr in runs)
     assert [n for n in names if n.startswith("store-")] == ["store-0000", "store-0001", "store-0002"]
     assert len([n for n in names if n.startswith("cache-")]) == 4  # 7 inputs, limit 4 per host, batches of 2
-    assert any(n.startswith("prepare-target") for n in names) and any(n.startswith("finalize-target") for n in names)
+    assert any(n.startswith("prepare-target") for n in names) and any(
+        n.startswith("finalize-target") for n in names
+    )
     assert len(runs) <= 2 + 4 + 1 + 3 + 1  # grows with batches, not with inputs or chunks
     assert flow_run(state.state_details.flow_run_id).state.is_completed()
 
@@ -73,11 +86,17 @@ def test_basic_auth_and_query_secret_stay_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("DEMO_PASSWORD", "pw-TOPSECRET-1")
     monkeypatch.setenv("DEMO_TOKEN", "tok-TOPSECRET-2")
     recipe_dir = write_recipe(
-        tmp_path, len(paths), chunk=2,
+        tmp_path,
+        len(paths),
+        chunk=2,
         pattern_kwargs='fsspec_open_kwargs={"auth": ("alice", Secret("DEMO_PASSWORD"))}, '
-                       'query_string_secrets={"token": "DEMO_TOKEN"}')
-    with SourceServer(root=tmp_path / "src", basic_auth=("alice", "pw-TOPSECRET-1"),
-                      required_query={"token": "tok-TOPSECRET-2"}) as srv:
+        'query_string_secrets={"token": "DEMO_TOKEN"}',
+    )
+    with SourceServer(
+        root=tmp_path / "src",
+        basic_auth=("alice", "pw-TOPSECRET-1"),
+        required_query={"token": "tok-TOPSECRET-2"},
+    ) as srv:
         state = run_flow(recipe_dir, tmp_path, srv)
         assert state.is_completed(), state.message
         assert srv.statuses[401] == 0 and srv.statuses[403] == 0
@@ -95,8 +114,12 @@ def test_wrong_password_fails_without_retry_or_leak(tmp_path, monkeypatch):
     (tmp_path / "src").mkdir()
     paths = write_inputs(make_dataset(2), tmp_path / "src", 2)
     monkeypatch.setenv("DEMO_PASSWORD", "pw-WRONG-SECRET")
-    recipe_dir = write_recipe(tmp_path, len(paths), chunk=2,
-                              pattern_kwargs='fsspec_open_kwargs={"auth": ("alice", Secret("DEMO_PASSWORD"))}')
+    recipe_dir = write_recipe(
+        tmp_path,
+        len(paths),
+        chunk=2,
+        pattern_kwargs='fsspec_open_kwargs={"auth": ("alice", Secret("DEMO_PASSWORD"))}',
+    )
     with SourceServer(root=tmp_path / "src", basic_auth=("alice", "right")) as srv:
         state = run_flow(recipe_dir, tmp_path, srv)
         assert srv.statuses[401] == 1  # neither the transport nor Prefect retried a 401
@@ -109,8 +132,9 @@ def test_wrong_password_fails_without_retry_or_leak(tmp_path, monkeypatch):
 def test_per_host_limit(served, tmp_path, limit):
     paths = write_inputs(make_dataset(8), Path(served.root), 1)
     served.delay = 0.2  # make requests overlap when they may
-    recipe_dir = write_recipe(tmp_path, len(paths), chunk=4,
-                              recipe_kwargs=f"max_concurrency_per_host={limit}, cache_batch_size=2")
+    recipe_dir = write_recipe(
+        tmp_path, len(paths), chunk=4, recipe_kwargs=f"max_concurrency_per_host={limit}, cache_batch_size=2"
+    )
     state = run_flow(recipe_dir, tmp_path, served)
     assert state.is_completed(), state.message
     assert served.max_active == limit  # two Dask workers would reach 2 without the limit
@@ -118,8 +142,9 @@ def test_per_host_limit(served, tmp_path, limit):
 
 def test_transient_failures_are_retried_to_success(served, tmp_path):
     paths = write_inputs(make_dataset(6), Path(served.root), 2)
-    served.faults.update({"/all_0000.nc": ["503", "reset"], "/all_0001.nc": ["truncate", "429"],
-                          "/all_0002.nc": ["500"]})
+    served.faults.update(
+        {"/all_0000.nc": ["503", "reset"], "/all_0001.nc": ["truncate", "429"], "/all_0002.nc": ["500"]}
+    )
     state = run_flow(write_recipe(tmp_path, len(paths), chunk=3), tmp_path, served)
     assert state.is_completed(), state.message
     assert_store_matches(state.result()["url"], paths)
