@@ -98,7 +98,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_replica(args: argparse.Namespace) -> int:
-    with local_replica(args.dir, args.port) as url:
+    with local_replica(args.dir, args.port, delay=args.delay, bytes_per_second=args.bytes_per_second) as url:
         print(
             f"OISST replica at {url}/ (rewrite https://www.ncei.noaa.gov/={url}/); Ctrl-C to stop", flush=True
         )
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replica", help="serve the NOAA OISST replica on loopback until interrupted")
     rep.add_argument("--port", type=int, default=8080)
     rep.add_argument("--dir", help="where the replica keeps its files")
+    rep.add_argument("--delay", type=float, help="throttle: seconds before each response")
+    rep.add_argument("--bytes-per-second", type=float, help="throttle: cap on each response's rate")
     rep.set_defaults(func=cmd_replica)
     return parser
 

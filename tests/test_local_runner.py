@@ -8,8 +8,9 @@ import pytest
 import xarray as xr
 
 from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
+from forge.openers import InputError
 from forge.run import run_locally
-from forge.testing import assert_store_matches, make_dataset, write_inputs
+from forge.testing import assert_store_matches, make_dataset, open_sources, open_store, write_inputs
 
 
 def concat_pattern(srv, n_files: int, nitems: int | None = None, prefix: str = "all", **kw) -> FilePattern:
@@ -87,10 +88,8 @@ def test_process_input_hook(served, run_spec):
     paths = write_inputs(ds, Path(served.root), 2)
     recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4}, process_input=_add_offset)
     out = run_locally(recipe, run_spec())
-    store = xr.open_zarr(out["url"]).load()
-    expected = xr.concat([xr.open_dataset(p) for p in paths], "time", data_vars="minimal")
-    xr.testing.assert_allclose(store.tas, expected.tas + 1)
-    assert store.tas.attrs["long_name"] == "shifted" and store.attrs["processed"] == "all"
+    expected = _add_offset(open_sources(paths), "all")
+    xr.testing.assert_identical(open_store(out["url"]), expected)
 
 
 def test_prune(served, run_spec):
@@ -131,3 +130,31 @@ def test_rerun_is_idempotent(served, run_spec):
     assert sum(served.requests.values()) == requests  # nothing downloaded again
     assert {p: p.stat().st_mtime_ns for p in Path(out["url"]).rglob("*") if p.is_file()} == files
     assert_store_matches(out["url"], paths)
+
+
+def test_zarr_inputs_are_read_in_place(tmp_path, run_spec):
+    ds = make_dataset(6)
+    for i in range(3):
+        ds.isel(time=slice(2 * i, 2 * i + 2)).to_zarr(tmp_path / f"in_{i}.zarr", zarr_format=3)
+
+    def url(time: int) -> str:
+        return str(tmp_path / f"in_{time}.zarr")
+
+    pattern = FilePattern(url, ConcatDim("time", [0, 1, 2]), file_type="zarr")
+    out = run_locally(XarrayZarrRecipe(pattern, target_chunks={"time": 3}), run_spec())
+    expected = xr.concat([xr.open_zarr(url(i)) for i in range(3)], "time", data_vars="minimal").load()
+    xr.testing.assert_identical(open_store(out["url"]), expected)
+
+
+def test_unreadable_input_names_the_file(served, run_spec):
+    (Path(served.root) / "all_0000.nc").write_text("<html>maintenance page</html>")
+    recipe = XarrayZarrRecipe(concat_pattern(served, 1))
+    with pytest.raises(InputError, match=r"all_0000.nc: not a netcdf4 file"):
+        run_locally(recipe, run_spec())
+    assert not list(Path(run_spec().cache_root).rglob("*all_0000.nc"))  # never taken as cached
+    assert not Path(run_spec().target_url).exists()
+
+
+def test_unknown_file_type():
+    with pytest.raises(InputError, match=r"unknown file_type 'hdf4'; known types: \[.*'netcdf4'"):
+        XarrayZarrRecipe(FilePattern(lambda time: "x", ConcatDim("time", [0]), file_type="hdf4"))
