@@ -26,4 +26,4 @@ def finalize_target(target: TargetSpec, timings: dict[str, float] | None = None)
             f"| stage | time |\n|---|---|\n{rows}\n\n```\n{summary['repr']}\n```\n"
         ),
     )
-    return summary
+    return {**summary, "timings": dict(timings or {}), "chunks_written": target.n_chunks}

@@ -1,0 +1,207 @@
+"""Throughput on OISST-format files: the floor, plain xarray + Dask, and this project, side by side.
+
+Run by hand (not a test): ``python benchmarks/throughput.py --days 60``. Each method runs in its own
+subprocess so its peak memory (the largest RSS of the process or any of its children) is its own.
+
+(a) floor: every input decoded with netCDF4 (packed values, no CF decoding), encoded with Zarr's default
+    codec (zstd level 0), one file per chunk written, over a process pool, no orchestration at all;
+(b) xarray + Dask: ``open_mfdataset(parallel=True)`` then ``to_zarr`` with the same chunks on a
+    distributed LocalCluster of single-threaded processes;
+(c) forge: the ``recipe`` flow (Prefect server, Dask task runner): the store step alone and the whole
+    recipe, caching from the local replica over HTTP included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 10
+VARIABLES = ("sst", "anom", "err", "ice")
+
+
+def _files(replica_dir: Path, days: int) -> list[Path]:
+    from forge.replica import OisstReplica
+
+    replica = OisstReplica(replica_dir)
+    return [replica.path_for(d) for d in pd.date_range("1981-09-01", periods=days, freq="D")]
+
+
+def _floor_chunk(args: tuple[list[str], str]) -> int:
+    import netCDF4
+    import numpy as np
+    from numcodecs import Zstd
+
+    paths, out = args
+    codec = Zstd(level=0)
+    written = 0
+    for var in VARIABLES:
+        parts = []
+        for p in paths:
+            with netCDF4.Dataset(p) as nc:
+                v = nc.variables[var]
+                v.set_auto_maskandscale(False)
+                parts.append(v[:])
+        block = np.concatenate(parts)
+        Path(out, var).mkdir(parents=True, exist_ok=True)
+        Path(out, var, Path(paths[0]).stem).write_bytes(codec.encode(np.ascontiguousarray(block)))
+        written += block.nbytes
+    return written
+
+
+def floor(files: list[Path], out: Path, workers: int) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
+    groups = [[str(p) for p in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        nbytes = sum(pool.map(_floor_chunk, [(g, str(out)) for g in groups]))
+    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+
+
+def xarray_dask(files: list[Path], out: Path, workers: int) -> dict:
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, Client(cluster):
+        t0 = time.perf_counter()
+        ds = xr.open_mfdataset(
+            files,
+            engine="h5netcdf",
+            parallel=True,
+            combine="by_coords",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+        )
+        ds.chunk({"time": CHUNK}).to_zarr(out, mode="w", consolidated=True)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds}
+
+
+def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path) -> dict:
+    os.environ["FORGE_DASK_WORKERS"] = str(workers)
+    sys.path.insert(0, str(ROOT))
+    from flows.cli import _quiet_prefect_env, local_replica, prefect_api
+
+    _quiet_prefect_env()
+    t_start = time.perf_counter()
+    with local_replica(str(replica_dir)) as url, prefect_api():
+        t_api = time.perf_counter() - t_start
+        from flows.recipe import recipe
+
+        t0 = time.perf_counter()
+        summary = recipe(
+            recipe="noaa-oisst",
+            target_root=str(out),
+            cache_root=str(out / "cache"),
+            prune=len(files),
+            url_rewrites={"https://www.ncei.noaa.gov/": url + "/"},
+        )
+        seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "server_start": t_api,
+        "store_seconds": summary["timings"]["store"],
+        "cache_prepare_seconds": summary["timings"]["cache + prepare"],
+    }
+
+
+def child(method: str, days: int, workers: int, work: Path, replica_dir: Path) -> None:
+    files = _files(replica_dir, days)
+    out = work / method
+    shutil.rmtree(out, ignore_errors=True)
+    if method == "floor":
+        result = floor(files, out, workers)
+    elif method == "xarray_dask":
+        result = xarray_dask(files, out / "store.zarr", workers)
+    else:
+        result = forge_flow(files, out, workers, replica_dir)
+    peak = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    result["peak_rss_mb"] = peak / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "forge-bench")
+    parser.add_argument("--methods", default="floor,xarray_dask,forge")
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    replica_dir = args.work / "replica"
+    if args.child:
+        return child(args.child, args.days, args.workers, args.work, replica_dir)
+    files = _files(replica_dir, args.days)  # generate the inputs once, outside the timings
+    raw_mb = args.days * len(VARIABLES) * 720 * 1440 * 2 / 1e6
+    compressed_mb = sum(p.stat().st_size for p in files) / 1e6
+    results = {}
+    for method in args.methods.split(","):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                "--days",
+                str(args.days),
+                "--workers",
+                str(args.workers),
+                "--work",
+                str(args.work),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            continue
+        results[method] = json.loads(line[len("RESULT ") :])
+    print(
+        f"\n{args.days} OISST-format days: {compressed_mb:.0f} MB compressed, {raw_mb:.0f} MB packed int16; "
+        f"{args.workers} workers on {os.cpu_count()} cores; {platform.platform()}; "
+        f"Python {platform.python_version()}"
+    )
+    floor_s = results.get("floor", {}).get("seconds")
+    rows = []
+    for method, r in results.items():
+        rows.append((method, r["seconds"], r["peak_rss_mb"]))
+        if method == "forge":
+            rows.append(("forge store step", r["store_seconds"], None))
+    print(f"{'method':24s} {'wall s':>8s} {'MB/s':>8s} {'x floor':>8s} {'peak MB':>8s}")
+    for name, seconds, peak in rows:
+        ratio = f"{seconds / floor_s:8.2f}" if floor_s else "       -"
+        peak_s = f"{peak:8.0f}" if peak else "       -"
+        print(f"{name:24s} {seconds:8.2f} {raw_mb / seconds:8.1f} {ratio} {peak_s}")
+    if "forge" in results:
+        f = results["forge"]
+        print(
+            f"forge fixed start-up: Prefect server {f['server_start']:.1f}s; "
+            f"cache+prepare (incl. Dask cluster) {f['cache_prepare_seconds']:.1f}s"
+        )
+
+
+if __name__ == "__main__":
+    main()
