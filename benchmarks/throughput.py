@@ -75,9 +75,12 @@ def xarray_dask(files: list[Path], out: Path, workers: int) -> dict:
     import xarray as xr
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster),
+    ):
         t0 = time.perf_counter()
         ds = xr.open_mfdataset(
             files,

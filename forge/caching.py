@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import xarray as xr
 
 from forge.fetch import download, make_temp_path
-from forge.openers import check_magic, get_opener, open_input
+from forge.openers import check_magic, get_opener, open_input, open_raw
 from forge.patterns import rewrite_url
 from forge.plan import n_cache_batches, split_evenly
 from forge.recipe import XarrayZarrRecipe
@@ -97,15 +97,21 @@ def location_of(recipe: XarrayZarrRecipe, item: CacheItem) -> str:
 
 @contextlib.contextmanager
 def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str, raw: bool = False):
-    """An input opened lazily from the cache (or in place), with ``process_input`` applied if decoded.
+    """An input opened lazily from the cache (or in place), with ``process_input`` applied.
 
+    ``raw=True`` gives a :class:`~forge.openers.RawInput` of packed values instead of a Dataset.
     ``name`` is the input's secret-free URL, used in messages and passed to ``process_input``.
     """
     path_cm: AbstractContextManager[Path | str] = (
         contextlib.nullcontext(location) if reads_in_place(recipe) else storage.local_path(location)
     )
     with path_cm as path:
-        ds = open_input(path, recipe.pattern.file_type, name, raw=raw, open_kwargs=recipe.xarray_open_kwargs)
+        file_type, kwargs = recipe.pattern.file_type, recipe.xarray_open_kwargs
+        ds = (
+            open_raw(path, file_type, name, kwargs)
+            if raw
+            else open_input(path, file_type, name, open_kwargs=kwargs)
+        )
         try:
             if recipe.process_input is not None and not raw:
                 ds = recipe.process_input(ds, name)

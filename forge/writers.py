@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ import zarr
 from xarray.conventions import encode_cf_variable
 
 from forge.caching import opened
+from forge.openers import RawInput
 from forge.plan import ChunkWrite
 from forge.recipe import XarrayZarrRecipe
 from forge.schema import VariableSpec
@@ -49,9 +51,9 @@ class _Inputs:
         self.recipe, self.batch, self.stack = recipe, batch, stack
         self.storage = Storage(target.run.cache_root)
         self.concat_dim = target.concat_dim
-        self.open: dict[tuple[str, bool], xr.Dataset] = {}
+        self.open: dict[tuple[str, bool], xr.Dataset | RawInput] = {}
 
-    def dataset(self, position: int, source: tuple, raw: bool) -> tuple[xr.Dataset, str]:
+    def dataset(self, position: int, source: tuple, raw: bool) -> tuple[xr.Dataset | RawInput, str]:
         """The input at ``position`` holding variables of merge ``source``, and its URL for messages."""
         location, url = self.batch.inputs[(position, source)]
         if (location, raw) not in self.open:
@@ -71,69 +73,73 @@ def _blocks(spec: VariableSpec, arr: zarr.Array, concat_dim: str) -> Iterator[di
         yield dict(combo)
 
 
-def _read(ds: xr.Dataset, spec: VariableSpec, indexers: dict[str, slice], raw: bool) -> np.ndarray:
-    var = ds[spec.name].variable[indexers]
-    if not raw:
-        var = var.copy(deep=False)
-        var.encoding = dict(spec.encoding)
-        var = encode_cf_variable(var, name=spec.name)
-    return np.asarray(var.values, dtype=spec.encoded_dtype)
+def _read(source: xr.Dataset | RawInput, spec: VariableSpec, indexers: dict[str, slice]) -> np.ndarray:
+    if isinstance(source, RawInput):
+        return np.asarray(source.read(spec.name, indexers), dtype=spec.encoded_dtype)
+    var = source[spec.name].variable[indexers].copy(deep=False)
+    var.encoding = dict(spec.encoding)
+    return np.asarray(encode_cf_variable(var, name=spec.name).values, dtype=spec.encoded_dtype)
 
 
-def write_chunk(
+def chunk_blocks(
     inputs: _Inputs, spec: VariableSpec, arr: zarr.Array, chunk: ChunkWrite, concat_dim: str
-) -> int:
+) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    """Each (region, encoded values) of one target chunk of one variable, assembled from input slices."""
     axis = spec.dims.index(concat_dim)
-    if chunk.start % arr.chunks[axis] or (
-        chunk.stop - chunk.start != arr.chunks[axis] and chunk.stop != arr.shape[axis]
-    ):
+    length = chunk.stop - chunk.start
+    if chunk.start % arr.chunks[axis] or (length != arr.chunks[axis] and chunk.stop != arr.shape[axis]):
         raise ChunkWriteError(
             f"chunk {chunk.index} [{chunk.start}, {chunk.stop}) does not match the Zarr chunks "
             f"{arr.chunks} of {spec.name!r}; the write plan is inconsistent with the target"
         )
-    written = 0
     for block in _blocks(spec, arr, concat_dim):
-        shape = [
-            chunk.stop - chunk.start if d == concat_dim else block[d].stop - block[d].start for d in spec.dims
-        ]
+        shape = [length if d == concat_dim else block[d].stop - block[d].start for d in spec.dims]
         buf = np.empty(shape, dtype=spec.encoded_dtype)
         for piece in chunk.pieces:
-            ds, url = inputs.dataset(piece.position, spec.source, spec.raw_ok)
+            source, url = inputs.dataset(piece.position, spec.source, spec.raw_ok)
             indexers = {**block, concat_dim: slice(piece.src_start, piece.src_stop)}
             dst = [slice(None)] * len(shape)
             dst[axis] = slice(piece.dst_start, piece.dst_start + piece.src_stop - piece.src_start)
             try:
-                buf[tuple(dst)] = _read(ds, spec, indexers, spec.raw_ok)
+                buf[tuple(dst)] = _read(source, spec, indexers)
             except Exception as e:
                 raise ChunkWriteError(
                     f"reading {spec.name!r} [{piece.src_start}:{piece.src_stop}] from input "
                     f"{url}: {type(e).__name__}: {e}"
                 ) from e
         region = tuple(slice(chunk.start, chunk.stop) if d == concat_dim else block[d] for d in spec.dims)
-        arr[region] = buf
-        written += buf.nbytes
-    return written
+        yield region, buf
 
 
 def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch) -> BatchStats:
-    """Write every chunk of the batch; each chunk has exactly this one writer."""
+    """Write every chunk of the batch; each chunk has exactly this one writer.
+
+    One write is in flight while the next block is read, so decoding inputs overlaps encoding and
+    writing the previous block; memory holds at most two blocks.
+    """
     t0 = time.perf_counter()
     stats = BatchStats()
     group = zarr.open_group(target.url, mode="r+")
     arrays = {v.name: group[v.name] for v in target.variables}
-    with contextlib.ExitStack() as stack:
+    pending: Future | None = None
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer:
         inputs = _Inputs(recipe, target, batch, stack)
         for chunk in batch.chunks:
             for spec in target.variables:
+                arr = arrays[spec.name]
                 try:
-                    stats.bytes_written += write_chunk(
-                        inputs, spec, arrays[spec.name], chunk, target.concat_dim
-                    )
+                    for region, buf in chunk_blocks(inputs, spec, arr, chunk, target.concat_dim):
+                        if pending is not None:
+                            pending.result()
+                        pending = writer.submit(arr.__setitem__, region, buf)
+                        stats.bytes_written += buf.nbytes
                 except ChunkWriteError as e:
                     raise ChunkWriteError(
                         f"{batch.label}: variable {spec.name!r}, chunk {chunk.index}: {e}"
                     ) from e
             stats.chunks += 1
+        if pending is not None:
+            pending.result()
     stats.seconds = time.perf_counter() - t0
     logger.info(
         "%s: wrote %d chunks (%.1f MB) in %.2fs",
