@@ -1,0 +1,156 @@
+"""Scale: recipes of many tiny inputs, served locally, through the ``recipe`` flow.
+
+Run by hand: ``python benchmarks/scale.py --inputs 16500`` (and ``--inputs 100000``). Reports the number of
+Prefect task runs (read back from the Prefect API), wall time by stage, the flow process's peak memory, and
+the time to plan a 225,000-key pattern.
+
+Each input is a tiny netCDF3 file (one time step, 4x4 grid). The server makes them on request by writing
+the time value into a template at its byte offset, so 100,000 distinct files cost nothing to prepare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import struct
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def template(work: Path) -> tuple[bytes, int]:
+    """A tiny netCDF3 file and the byte offset of its (big-endian float64) time value."""
+    paths = []
+    for marker in (1234567.0, 7654321.0):
+        ds = xr.Dataset(
+            {"tas": (("time", "lat", "lon"), np.arange(16, dtype="float32").reshape(1, 4, 4))},
+            coords={
+                "time": ("time", [marker], {"units": "hours since 2000-01-01"}),
+                "lat": np.arange(4.0),
+                "lon": np.arange(4.0),
+            },
+        )
+        path = work / f"template-{marker}.nc"
+        ds.to_netcdf(path, format="NETCDF3_64BIT", engine="scipy")
+        paths.append(path.read_bytes())
+    offset = paths[0].index(struct.pack(">d", 1234567.0))
+    return paths[0], offset
+
+
+def write_recipe(work: Path, n: int) -> Path:
+    path = work / f"tiny-{n}" / "recipe.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        textwrap.dedent(f"""
+        from forge import ConcatDim, FilePattern, XarrayZarrRecipe
+
+        def url(time):
+            return f"https://tiny.example.org/{{time:06d}}.nc"
+
+        pattern = FilePattern(url, ConcatDim("time", range({n}), nitems_per_file=1), file_type="netcdf3")
+        recipe = XarrayZarrRecipe(pattern, target_chunks={{"time": 500}}, cache_batch_size=250)
+    """)
+    )
+    return path.parent
+
+
+def count_task_runs(flow_run_id) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        total, page = 0, 200
+        while True:  # the API pages at 200
+            found = len(client.read_task_runs(flow_run_filter=flt, limit=page, offset=total))
+            total += found
+            if found < page:
+                return total
+
+
+def plan_225k() -> float:
+    from forge.caching import plan_cache
+    from forge.patterns import ConcatDim, FilePattern
+    from forge.recipe import XarrayZarrRecipe
+    from forge.types import RunSpec
+
+    dates = pd.date_range("2000-01-01", periods=225_000, freq="h")
+    pattern = FilePattern(
+        lambda time: f"https://nwm.example.org/{time:%Y%m%d%H}.CHRTOUT.nc",
+        ConcatDim("time", dates, nitems_per_file=1),
+    )
+    t0 = time.perf_counter()
+    batches = plan_cache(XarrayZarrRecipe(pattern), RunSpec("x", "x", "/tmp/t", "/tmp/c"))
+    seconds = time.perf_counter() - t0
+    assert sum(len(b.items) for b in batches) == 225_000
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inputs", type=int, default=16_500)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "forge-scale")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ["FORGE_DASK_WORKERS"] = str(args.workers)
+    from flows.cli import _quiet_prefect_env, prefect_api
+    from forge.sourceserver import SourceServer
+
+    _quiet_prefect_env()
+    body, offset = template(args.work)
+
+    def generate(path: str) -> bytes | None:
+        try:
+            i = int(Path(path).stem)
+        except ValueError:
+            return None
+        return (
+            body[:offset] + struct.pack(">d", float(i)) + body[offset + 8 :] if 0 <= i < args.inputs else None
+        )
+
+    plan_seconds = plan_225k()
+    recipe_dir = write_recipe(args.work, args.inputs)
+    out = args.work / f"run-{args.inputs}"
+    shutil.rmtree(out, ignore_errors=True)  # measure a cold run: nothing cached, no store
+    with SourceServer(generate=generate) as srv, prefect_api():
+        from flows.recipe import recipe
+
+        t0 = time.perf_counter()
+        state = recipe(
+            recipe=str(recipe_dir),
+            target_root=str(out / "target"),
+            cache_root=str(out / "cache"),
+            url_rewrites={"https://tiny.example.org": srv.url},
+            return_state=True,
+        )
+        wall = time.perf_counter() - t0
+        summary = state.result()
+        n_task_runs = count_task_runs(state.state_details.flow_run_id)
+        requests = sum(srv.requests.values())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    store = xr.open_zarr(summary["url"])
+    assert store.sizes["time"] == args.inputs and float(store.time[-1].dt.hour) == (args.inputs - 1) % 24
+    print(f"\n{args.inputs} inputs, {args.workers} Dask workers, {os.cpu_count()} cores")
+    print(f"{'Prefect task runs':40s} {n_task_runs}")
+    print(f"{'source requests':40s} {requests}")
+    print(f"{'flow wall time':40s} {wall:.1f} s")
+    for stage, seconds in summary["timings"].items():
+        print(f"{'  ' + stage:40s} {seconds:.1f} s")
+    print(f"{'flow process peak RSS':40s} {peak_mb:.0f} MB")
+    print(f"{'plan 225,000 keys (cache batches)':40s} {plan_seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
