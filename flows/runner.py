@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import os
 
+import dask
+import distributed  # noqa: F401  (registers the distributed.* config read below)
 from prefect_dask import DaskTaskRunner
+
+
+def worker_environ() -> dict[str, str | int]:
+    """Dask's worker environment without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Setting that variable turns off glibc's dynamic mmap threshold, so every multi-megabyte buffer
+    (decompressed input, chunk, encoded chunk) is mmap'd and page-faulted afresh: the store step ran 1.3x
+    slower on workers than in a plain process pool (benchmarks/results/throughput-120d.txt).
+    """
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
 
 
 def dask_task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
     address = address or os.environ.get("FORGE_DASK_ADDRESS") or None
     if address:
         return DaskTaskRunner(address=address)
+    dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()})
     n = workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1
     return DaskTaskRunner(
         cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}

@@ -28,13 +28,21 @@ class Opener:
     install_hint: str
     magic: tuple[bytes, ...] = ()
     is_directory: bool = False
+    open_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 OPENERS: dict[str, Opener] = {
     "netcdf4": Opener("netcdf4", "netCDF4", "pip install netCDF4", (HDF5_MAGIC, b"CDF\x01", b"CDF\x02")),
     "hdf5": Opener("h5netcdf", "h5netcdf", "pip install h5netcdf", (HDF5_MAGIC,)),
-    "netcdf3": Opener("scipy", "scipy", "pip install scipy", (b"CDF\x01", b"CDF\x02", b"CDF\x05")),
+    # no mmap: summaries keep small arrays after the file is closed
+    "netcdf3": Opener(
+        "scipy",
+        "scipy",
+        "pip install scipy",
+        (b"CDF\x01", b"CDF\x02", b"CDF\x05"),
+        open_kwargs=(("mmap", False),),
+    ),
     "zarr": Opener("zarr", "zarr", "pip install zarr", is_directory=True),
     "grib": Opener("cfgrib", "cfgrib", "pip install cfgrib (and the eccodes library)", (b"GRIB",)),
 }
@@ -109,7 +117,7 @@ def open_input(
     """Open one cached input lazily. ``raw=True`` returns stored (packed, undecoded) values."""
     opener = get_opener(file_type)
     check_magic(path, file_type, name)
-    kwargs: dict[str, Any] = {"cache": False, **(open_kwargs or {})}
+    kwargs: dict[str, Any] = {"cache": False, **dict(opener.open_kwargs), **(open_kwargs or {})}
     if raw:
         kwargs.update(decode_cf=False, mask_and_scale=False, decode_times=False, decode_timedelta=False)
     try:
