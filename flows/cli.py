@@ -108,6 +108,33 @@ def cmd_replica(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deployments(args: argparse.Namespace) -> int:
+    from flows.deploy import PREFECT_FILE, render, write
+
+    if args.check:
+        if PREFECT_FILE.read_text() != render():
+            print(f"{PREFECT_FILE} is out of date: run `forge deployments`", file=sys.stderr)
+            return 1
+        print(f"{PREFECT_FILE} is up to date")
+        return 0
+    print(f"wrote {write()}")
+    return 0
+
+
+def cmd_bakery_up(args: argparse.Namespace) -> int:
+    from flows.deploy import bakery_up
+
+    print(f"work pool {bakery_up(args.bakery)} is ready")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    deploy(args.data_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--delay", type=float, help="throttle: seconds before each response")
     rep.add_argument("--bytes-per-second", type=float, help="throttle: cap on each response's rate")
     rep.set_defaults(func=cmd_replica)
+    dep = sub.add_parser("deployments", help="generate deployments/prefect.yaml from the recipes' meta.yaml")
+    dep.add_argument("--check", action="store_true", help="fail if the committed file is out of date")
+    dep.set_defaults(func=cmd_deployments)
+    bakery = sub.add_parser("bakery", help="bakery infrastructure on the Prefect side")
+    bakery_sub = bakery.add_subparsers(dest="action", required=True)
+    up = bakery_sub.add_parser("up", help="create the bakery's work pool (idempotent)")
+    up.add_argument("bakery", help="an id from deployments/bakeries.yaml")
+    up.set_defaults(func=cmd_bakery_up)
+    deploy = sub.add_parser("deploy", help="register every recipe's deployment (idempotent)")
+    deploy.add_argument("--data-dir", help="the local bakery's data directory (default ./data)")
+    deploy.set_defaults(func=cmd_deploy)
     return parser
 
 
