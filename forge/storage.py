@@ -8,6 +8,7 @@ identity); nothing here stores them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -17,7 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import zarr
+import zarr.storage
 from fsspec.implementations.local import LocalFileSystem
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def zarr_store(url: str, read_only: bool = False) -> zarr.abc.store.Store:
+    """A Zarr store for ``url``, on a fresh filesystem instance.
+
+    fsspec caches filesystem instances with their directory listings: a listing taken before workers wrote
+    the arrays made consolidated metadata miss every one of them. Each store here starts with none cached.
+    """
+    if is_local(url):
+        return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(
+        url, storage_options={"skip_instance_cache": True}, read_only=read_only
+    )
 
 
 def join(root: str, *parts: str) -> str:
@@ -31,9 +51,10 @@ class Storage:
     root: str
     options: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
-        fs, _ = fsspec.url_to_fs(self.root, **self.options)
+        # a fresh instance: no directory listings cached by another Storage (see zarr_store)
+        fs, _ = fsspec.url_to_fs(self.root, **{"skip_instance_cache": True, **self.options})
         return fs
 
     @property
@@ -44,8 +65,7 @@ class Storage:
         return join(self.root, key)
 
     def _path(self, key: str) -> str:
-        _, path = fsspec.url_to_fs(self.url(key), **self.options)
-        return path
+        return self.fs._strip_protocol(self.url(key))
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))

@@ -23,7 +23,7 @@ from forge.caching import opened
 from forge.plan import batch_chunks, chunk_writes, default_chunk
 from forge.recipe import XarrayZarrRecipe
 from forge.schema import InputSummary, Template, VariableSpec, combine
-from forge.storage import Storage
+from forge.storage import Storage, zarr_store
 from forge.types import RunSpec, TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ FINGERPRINT_ATTR = "forge:fingerprint"
 
 
 def open_group(url: str, mode: str = "r+") -> zarr.Group:
-    return zarr.open_group(url, mode=mode)
+    return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode)
 
 
 def _existing_attrs(url: str) -> Mapping[str, Any]:
@@ -158,7 +158,9 @@ def prepare_target(
         ds = _template_dataset(recipe, run, template, summaries, chunk)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            ds.to_zarr(url, mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False)
+            ds.to_zarr(
+                zarr_store(url), mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False
+            )
         logger.info("prepared %s: %s", url, dict(template.sizes))
     spec = TargetSpec(
         run,
@@ -190,7 +192,7 @@ def finalize_target(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Ma
         if recipe.consolidated:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                zarr.consolidate_metadata(target.url, zarr_format=recipe.zarr_format)
+                zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
     return describe(target.url)
 
 
@@ -198,7 +200,7 @@ def describe(url: str) -> dict:
     """A summary of the finished store, for the CLI and Prefect artifacts."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ds = xr.open_zarr(url)
+        ds = xr.open_zarr(zarr_store(url, read_only=True))
     stored = Storage(url).total_size()
     return {
         "url": url,

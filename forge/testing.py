@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from forge.storage import zarr_store
+
 
 def make_dataset(
     n_time: int = 12,
@@ -133,7 +135,7 @@ def open_sources(paths: Sequence[Path], *, raw: bool = False) -> xr.Dataset:
 def open_store(url: str, *, raw: bool = False) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ds = xr.open_zarr(url, mask_and_scale=not raw).load()
+        ds = xr.open_zarr(zarr_store(url, read_only=True), mask_and_scale=not raw).load()
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("forge:")}
     return ds
 

@@ -25,7 +25,7 @@ from forge.openers import RawInput
 from forge.plan import ChunkWrite
 from forge.recipe import XarrayZarrRecipe
 from forge.schema import VariableSpec
-from forge.storage import Storage
+from forge.storage import Storage, zarr_store
 from forge.types import TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     """
     t0 = time.perf_counter()
     stats = BatchStats()
-    group = zarr.open_group(target.url, mode="r+")
+    group = zarr.open_group(zarr_store(target.url), mode="r+")
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer:
