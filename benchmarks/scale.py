@@ -105,10 +105,10 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["FORGE_DASK_WORKERS"] = str(args.workers)
-    from flows.cli import _quiet_prefect_env, prefect_api
+    from flows.cli import prefect_api, quiet_prefect_env
     from forge.sourceserver import SourceServer
 
-    _quiet_prefect_env()
+    quiet_prefect_env()
     body, offset = template(args.work)
 
     def generate(path: str) -> bytes | None:

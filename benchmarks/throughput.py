@@ -99,9 +99,9 @@ def xarray_dask(files: list[Path], out: Path, workers: int) -> dict:
 def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path) -> dict:
     os.environ["FORGE_DASK_WORKERS"] = str(workers)
     sys.path.insert(0, str(ROOT))
-    from flows.cli import _quiet_prefect_env, local_replica, prefect_api
+    from flows.cli import local_replica, prefect_api, quiet_prefect_env
 
-    _quiet_prefect_env()
+    quiet_prefect_env()
     t_start = time.perf_counter()
     with local_replica(str(replica_dir)) as url, prefect_api():
         t_api = time.perf_counter() - t_start

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _quiet_prefect_env() -> None:
+def quiet_prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # Our core logs through the standard library; this sends the forge loggers to the Prefect UI.
@@ -61,8 +61,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forge.patterns import parse_rewrites
 
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
-    target_root = args.target_root or str(Path("data/target").resolve())
-    cache_root = args.cache_root or str(Path("data/cache").resolve())
     with contextlib.ExitStack() as stack:
         if args.local_replica:
             url = stack.enter_context(local_replica(args.replica_dir))
@@ -71,14 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         api = stack.enter_context(prefect_api())
         print(f"Prefect API: {api} (started in {time.perf_counter() - t0:.1f}s)")
-        from flows.recipe import recipe
+        from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, recipe
         from flows.runner import dask_task_runner
 
         flow = recipe.with_options(task_runner=dask_task_runner(args.dask_address, args.workers))
         summary = flow(
             recipe=args.recipe,
-            target_root=target_root,
-            cache_root=cache_root,
+            target_root=args.target_root or DEFAULT_TARGET_ROOT,
+            cache_root=args.cache_root or DEFAULT_CACHE_ROOT,
             prune=args.prune,
             url_rewrites=rewrites or None,
         )
@@ -174,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_prefect_env()
+    quiet_prefect_env()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

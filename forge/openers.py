@@ -29,11 +29,14 @@ class Opener:
     magic: tuple[bytes, ...] = ()
     is_directory: bool = False
     open_kwargs: tuple[tuple[str, Any], ...] = ()
+    netcdf_c: bool = False  # the netCDF-C library reads it: packed values come straight from netCDF4
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 OPENERS: dict[str, Opener] = {
-    "netcdf4": Opener("netcdf4", "netCDF4", "pip install netCDF4", (HDF5_MAGIC, b"CDF\x01", b"CDF\x02")),
+    "netcdf4": Opener(
+        "netcdf4", "netCDF4", "pip install netCDF4", (HDF5_MAGIC, b"CDF\x01", b"CDF\x02"), netcdf_c=True
+    ),
     "hdf5": Opener("h5netcdf", "h5netcdf", "pip install h5netcdf", (HDF5_MAGIC,)),
     # no mmap: summaries keep small arrays after the file is closed
     "netcdf3": Opener(
@@ -42,6 +45,7 @@ OPENERS: dict[str, Opener] = {
         "pip install scipy",
         (b"CDF\x01", b"CDF\x02", b"CDF\x05"),
         open_kwargs=(("mmap", False),),
+        netcdf_c=True,
     ),
     "zarr": Opener("zarr", "zarr", "pip install zarr", is_directory=True),
     "grib": Opener("cfgrib", "cfgrib", "pip install cfgrib (and the eccodes library)", (b"GRIB",)),
@@ -102,7 +106,7 @@ class NetCDF4RawInput(RawInput):
 
 def open_raw(path: Path, file_type: str, name: str, open_kwargs: Mapping[str, Any] | None = None) -> RawInput:
     """Open one cached input for reading packed values."""
-    if get_opener(file_type).module == "netCDF4" or file_type == "netcdf3":
+    if get_opener(file_type).netcdf_c:
         check_magic(path, file_type, name)
         try:
             return NetCDF4RawInput(path)

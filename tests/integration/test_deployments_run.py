@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import pytest
 from flows.cli import local_replica
 from forge.replica import OISST_ROOT
 from forge.testing import assert_store_matches
+from tests.integration.helpers import free_port
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
