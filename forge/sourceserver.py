@@ -1,5 +1,6 @@
 """A real HTTP source server for loopback: serves a directory or generated files, with optional auth,
-throttling and injected faults, and counts what it saw (requests per path, most simultaneous requests).
+throttling and injected faults, and counts what it saw: requests per path, and the most requests in
+flight at once (received and not yet answered).
 
 Used by the tests, the benchmarks and the OISST replica (``forge replica``).
 """
@@ -117,7 +118,17 @@ class SourceServer:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
+            def _answering(self) -> None:
+                """The request stops counting as in flight once its answer starts: the client cannot act
+                on the answer (and, say, release a concurrency slot) before this point, so counting up to
+                here never sees two requests overlap that the client kept apart."""
+                if self._in_flight:
+                    self._in_flight = False
+                    with server._lock:
+                        server.active -= 1
+
             def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
+                self._answering()
                 with server._lock:
                     server.statuses[status] += 1
                 self.send_response(status)
@@ -137,11 +148,11 @@ class SourceServer:
                     server.requests[path] += 1
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
+                self._in_flight = True
                 try:
                     self._serve(path, parse_qs(parts.query))
                 finally:
-                    with server._lock:
-                        server.active -= 1
+                    self._answering()
 
             def _serve(self, path: str, query: dict) -> None:
                 if server.delay:
@@ -157,11 +168,13 @@ class SourceServer:
                 if fault == "429":
                     return self._send(429, b"slow down", {"Retry-After": "0"})
                 if fault == "reset":
+                    self._answering()
                     self.close_connection = True
                     return None
                 body = server._resolve(path)
                 if body is None:
                     return self._send(404, b"not found")
+                self._answering()
                 with server._lock:
                     server.statuses[200] += 1
                 self.send_response(HTTPStatus.OK)
