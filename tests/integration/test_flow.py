@@ -130,10 +130,13 @@ def test_wrong_password_fails_without_retry_or_leak(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("limit", [1, 2])
 def test_per_host_limit(served, tmp_path, limit):
+    # 2 batches of 4 slow requests on 2 workers: each batch holds its slot for about 4 s, so they overlap
+    # whenever the limit lets them, even when one worker starts its first task a few seconds late (a cold
+    # Prefect server at the start of the session)
     paths = write_inputs(make_dataset(8), Path(served.root), 1)
-    served.delay = 0.2  # make requests overlap when they may
+    served.delay = 1.0
     recipe_dir = write_recipe(
-        tmp_path, len(paths), chunk=4, recipe_kwargs=f"max_concurrency_per_host={limit}, cache_batch_size=2"
+        tmp_path, len(paths), chunk=4, recipe_kwargs=f"max_concurrency_per_host={limit}, cache_batch_size=4"
     )
     state = run_flow(recipe_dir, tmp_path, served)
     assert state.is_completed(), state.message
