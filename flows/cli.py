@@ -69,10 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         api = stack.enter_context(prefect_api())
         print(f"Prefect API: {api} (started in {time.perf_counter() - t0:.1f}s)")
+        from flows.bakery import current_bakery, task_runner_for
         from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, recipe
-        from flows.runner import dask_task_runner
 
-        flow = recipe.with_options(task_runner=dask_task_runner(args.dask_address, args.workers))
+        runner = task_runner_for(current_bakery(), args.dask_address, args.workers)
+        flow = recipe.with_options(task_runner=runner)
         summary = flow(
             recipe=args.recipe,
             target_root=args.target_root or DEFAULT_TARGET_ROOT,

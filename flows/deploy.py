@@ -12,10 +12,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from flows.bakery import base_job_template, get_bakery, job_variables, load_bakeries
 from forge.loading import list_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +27,11 @@ HEADER = (
 )
 
 
-def bakeries() -> dict[str, dict[str, Any]]:
-    return yaml.safe_load((DEPLOYMENTS / "bakeries.yaml").read_text())
-
-
 def render() -> str:
     """The text of deployments/prefect.yaml for the recipes in recipes/."""
-    registry = bakeries()
+    registry = load_bakeries()
     # One object per work pool: YAML writes it once under definitions and aliases it in each deployment.
-    pools = {bakery_id: {"name": b["work_pool"]["name"]} for bakery_id, b in registry.items()}
+    pools = {key: {"name": b.work_pool, "job_variables": job_variables(b)} for key, b in registry.items()}
     used: dict[str, dict] = {}
     deployments = []
     for source in list_recipes():
@@ -52,8 +48,8 @@ def render() -> str:
                 "tags": [f"bakery:{bakery_id}", "recipe"],
                 "parameters": {
                     "recipe": source.recipe_id,
-                    "target_root": bakery["target_root"],
-                    "cache_root": bakery["cache_root"],
+                    "target_root": bakery.target_root,
+                    "cache_root": bakery.cache_root,
                 },
                 "work_pool": used.setdefault(bakery_id, pools[bakery_id]),
             }
@@ -82,10 +78,14 @@ def bakery_up(bakery_id: str) -> str:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    pool = bakeries()[bakery_id]["work_pool"]
+    bakery = get_bakery(bakery_id)
+    pool = WorkPoolCreate(name=bakery.work_pool, type=bakery.work_pool_type)
+    template = base_job_template(bakery)
+    if template is not None:
+        pool.base_job_template = template
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=pool["name"], type=pool["type"]))
-    return pool["name"]
+        client.create_work_pool(pool)
+    return bakery.work_pool
 
 
 def deploy(data_dir: str | None = None) -> None:

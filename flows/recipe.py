@@ -9,7 +9,7 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from flows.runner import dask_task_runner
+from flows.bakery import current_bakery, task_runner_for
 from forge.loading import find_recipe
 from forge.types import RunSpec
 from tasks.cache import cache_inputs, limit_source_hosts, plan_cache_batches
@@ -29,7 +29,8 @@ def run_spec(
     return RunSpec(ref, source.recipe_id, target_root, cache_root, prune, tuple((url_rewrites or {}).items()))
 
 
-@flow(name="recipe", task_runner=dask_task_runner(), log_prints=True)
+# The bakery (FORGE_BAKERY, set by the deployment) picks the task runner: local processes or a KubeCluster.
+@flow(name="recipe", task_runner=task_runner_for(current_bakery()), log_prints=True)
 def recipe(
     recipe: str,
     target_root: str = DEFAULT_TARGET_ROOT,

@@ -1,7 +1,7 @@
-"""The flow's Dask task runner: a local cluster of single-threaded processes, or an existing cluster.
+"""The local Dask task runner: a cluster of single-threaded processes on this machine.
 
 Processes, not threads: decoding HDF5 holds the GIL, and netCDF/HDF5 from many threads has hung and
-crashed in the original project.
+crashed in the original project. Kubernetes bakeries get theirs from flows/bakery.py.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ def worker_environ() -> dict[str, str | int]:
     return env
 
 
-def dask_task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
-    address = address or os.environ.get("FORGE_DASK_ADDRESS") or None
-    if address:
-        return DaskTaskRunner(address=address)
+def local_task_runner(workers: int | None = None) -> DaskTaskRunner:
     dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()})
     n = workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1
     return DaskTaskRunner(
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": ":0",
+        },
     )

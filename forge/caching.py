@@ -37,7 +37,10 @@ def host_of(url: str) -> str:
 def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec) -> list[CacheBatch]:
     """Group the inputs by source host into batches (enough to use each host's concurrency limit)."""
     by_host: dict[str, list[CacheItem]] = {}
+    concat = recipe.concat_dim
     for key, url in recipe.pattern.items():
+        if run.append_from and concat and key[concat] < run.append_from:
+            continue  # already in the store
         fetch_url = rewrite_url(url, run.url_rewrites)
         by_host.setdefault(host_of(fetch_url), []).append(CacheItem(key, url, fetch_url))
     batches = []

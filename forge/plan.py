@@ -47,34 +47,43 @@ def split_evenly(n: int, parts: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-def chunk_writes(lengths: Sequence[int], chunk: int) -> list[ChunkWrite]:
+def chunk_writes(
+    lengths: Sequence[int], chunk: int, offset: int = 0, first_position: int = 0
+) -> list[ChunkWrite]:
     """One :class:`ChunkWrite` per target chunk, with the input slices that fill it.
+
+    ``offset`` items are already stored (an append): writes start there, so the first one may fill the
+    rest of a partly written chunk; it is still that chunk's only writer. Inputs are numbered from
+    ``first_position``.
 
     Examples
     --------
     >>> [(c.start, c.stop, [(p.position, p.src_start, p.src_stop) for p in c.pieces])
     ...  for c in chunk_writes([2, 2, 2], 3)]
     [(0, 3, [(0, 0, 2), (1, 0, 1)]), (3, 6, [(1, 1, 2), (2, 0, 2)])]
+    >>> [(c.index, c.start, c.stop, [(p.position, p.src_start, p.dst_start) for p in c.pieces])
+    ...  for c in chunk_writes([2, 2], 3, offset=4, first_position=4)]
+    [(1, 4, 6, [(4, 0, 0)]), (2, 6, 8, [(5, 0, 0)])]
     """
     if chunk < 1:
         raise ValueError("chunk size must be >= 1")
     if any(n < 1 for n in lengths):
         raise ValueError("every input must have at least one item along the concat dimension")
-    offsets = [0, *accumulate(lengths)]
+    offsets = [offset + n for n in (0, *accumulate(lengths))]
     total = offsets[-1]
     writes = []
     pos = 0
-    for index, start in enumerate(range(0, total, chunk)):
-        stop = min(start + chunk, total)
-        while offsets[pos + 1] <= start:
+    for start in range(offset - offset % chunk, total, chunk):
+        lo_chunk, stop = max(start, offset), min(start + chunk, total)
+        while offsets[pos + 1] <= lo_chunk:
             pos += 1
         pieces = []
         p = pos
         while p < len(lengths) and offsets[p] < stop:
-            lo, hi = max(start, offsets[p]), min(stop, offsets[p + 1])
-            pieces.append(Piece(p, lo - offsets[p], hi - offsets[p], lo - start))
+            lo, hi = max(lo_chunk, offsets[p]), min(stop, offsets[p + 1])
+            pieces.append(Piece(p + first_position, lo - offsets[p], hi - offsets[p], lo - lo_chunk))
             p += 1
-        writes.append(ChunkWrite(index, start, stop, tuple(pieces)))
+        writes.append(ChunkWrite(start // chunk, lo_chunk, stop, tuple(pieces)))
     return writes
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from forge.append import plan_append
 from forge.caching import cache_batch, plan_cache
 from forge.recipe import XarrayZarrRecipe
 from forge.secrets import Lookup, env_lookup
-from forge.target import finalize_target, prepare_target
+from forge.target import describe, finalize_target, prepare_target
 from forge.types import RunSpec
 from forge.writers import store_batch
 
 
-def run_locally(recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup = env_lookup) -> dict:
+def run_locally(
+    recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup = env_lookup, *, append: bool = False
+) -> dict:
     recipe = recipe.pruned(run.prune)
+    if append:
+        run, new = plan_append(recipe, run)
+        if not new:
+            return {**describe(run.target_url), "appended": 0}
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
     target, batches = prepare_target(recipe, run, summaries)
     for batch in batches:
         store_batch(recipe, target, batch)
-    return finalize_target(recipe, target, {"forge:runner": "local"})
+    return {**finalize_target(recipe, target, {"forge:runner": "local"}), "appended": target.appended}

@@ -106,6 +106,13 @@ class Storage:
         """Bytes stored under the root."""
         return int(sum(self.fs.du(self._path(""), total=False).values()))
 
+    def read_text(self, key: str) -> str | None:
+        path = self._path(key)
+        return self.fs.cat_file(path).decode() if self.fs.exists(path) else None
+
+    def write_text(self, key: str, text: str) -> None:
+        self.fs.pipe_file(self._path(key), text.encode())
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):

@@ -30,10 +30,19 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_ATTR = "forge:complete"
 FINGERPRINT_ATTR = "forge:fingerprint"
+INPUTS_ATTR = "forge:concat_inputs"  # concat positions the store holds: where an append starts
+
+
+def pending_marker(url: str) -> tuple[Storage, str]:
+    """Where an append records its start while it writes: a file next to the store, so that the root
+    group (and its consolidated metadata, which readers use) is not touched until the append commits."""
+    parent, name = url.rstrip("/").rsplit("/", 1)
+    return Storage(parent), f"{name}.pending-append.json"
 
 
 def open_group(url: str, mode: str = "r+") -> zarr.Group:
-    return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode)
+    # Never the consolidated copy: it is stale while a run writes (it is rewritten at the end).
+    return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, use_consolidated=False)
 
 
 def _existing_attrs(url: str) -> Mapping[str, Any]:
@@ -118,16 +127,23 @@ def _template_dataset(
 
 
 def plan_write_batches(
-    recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary], chunk: int
+    recipe: XarrayZarrRecipe,
+    template: Template,
+    summaries: Sequence[InputSummary],
+    chunk: int,
+    offset: int = 0,
 ) -> list[WriteBatch]:
+    """Batches of chunk writes; ``offset`` items are already stored (an append)."""
     dim = template.concat_dim
     location = {
         (s.key[dim], tuple((n, p) for n, p in s.key.positions if n != dim)): (s.location, s.url)
         for s in summaries
     }
+    first = min(s.key[dim] for s in summaries)
+    writes = chunk_writes(template.lengths, chunk, offset=offset, first_position=first)
     sources = {v.source for v in template.concat_variables}
     batches = []
-    for i, chunks in enumerate(batch_chunks(chunk_writes(template.lengths, chunk), recipe.max_write_batches)):
+    for i, chunks in enumerate(batch_chunks(writes, recipe.max_write_batches)):
         positions = {p.position for c in chunks for p in c.pieces}
         inputs = {(p, m): location[(p, m)] for p in positions for m in sources}
         batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs))
@@ -137,7 +153,14 @@ def plan_write_batches(
 def prepare_target(
     recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
 ) -> tuple[TargetSpec, list[WriteBatch]]:
-    """Combine all inputs' schemas, write the template (unless an identical store is done), plan writes."""
+    """Combine all inputs' schemas, write the template (unless an identical store is done), plan writes.
+
+    In append mode (``run.append_from`` set) the store is extended instead (:mod:`forge.append`).
+    """
+    if run.append_from is not None:
+        from forge.append import prepare_append  # it builds on this module
+
+        return prepare_append(recipe, run, summaries)
     template = combine(
         summaries,
         recipe.concat_dim,
@@ -171,6 +194,7 @@ def prepare_target(
         complete,
         len(summaries),
         sum(len(b.chunks) for b in batches),
+        concat_inputs=len(template.lengths) if template.concat_dim else 1,
     )
     return spec, batches
 
@@ -179,20 +203,25 @@ def finalize_target(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Ma
     """Write provenance attrs, mark the store complete and consolidate metadata."""
     if not target.complete:
         group = open_group(target.url)
-        group.attrs.update(
+        attrs = dict(group.attrs)
+        attrs.update(
             {
                 **{k: v for k, v in provenance.items() if v is not None},
                 "forge:recipe_id": target.run.recipe_id,
                 "forge:version": __version__,
                 "forge:pattern_sha256": recipe.pattern.sha256(),
+                INPUTS_ATTR: target.concat_inputs,
                 FINGERPRINT_ATTR: target.fingerprint,
-                COMPLETE_ATTR: True,
+                COMPLETE_ATTR: True,  # last: an append's commit point
             }
         )
+        group.attrs.put(attrs)
         if recipe.consolidated:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
+        storage, key = pending_marker(target.url)
+        storage.delete(key)  # an append is committed
     return describe(target.url)
 
 

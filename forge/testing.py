@@ -81,8 +81,11 @@ def write_inputs(
     time_units: str | None = None,
     time_units_per_file: bool = False,
     time_dtype: str | None = None,
+    first_index: int = 0,
 ) -> list[Path]:
     """Write ``ds`` as files ``{variable}_{i:04d}.nc`` (or ``all_...``) split along time.
+
+    Files are numbered from ``first_index`` (later files of a growing dataset).
 
     ``time_units_per_file`` gives each file its own reference date (``hours since <its first time>``), as
     many hourly products do; ``time_units`` and ``time_dtype`` set one encoding for all files.
@@ -104,7 +107,7 @@ def write_inputs(
                 piece.time.encoding["units"] = time_units
             if time_dtype:
                 piece.time.encoding["dtype"] = time_dtype
-            path = directory / f"{name}_{i:04d}.nc"
+            path = directory / f"{name}_{first_index + i:04d}.nc"
             piece.to_netcdf(path, format=fmt, engine=engine)
             paths.append(path)
     return paths

@@ -23,6 +23,8 @@ class RunSpec:
     cache_root: str
     prune: int | None = None
     url_rewrites: tuple[tuple[str, str], ...] = ()
+    # Append mode: the concat positions already in the store (None: build the whole store).
+    append_from: int | None = None
 
     @property
     def target_url(self) -> str:
@@ -82,3 +84,5 @@ class TargetSpec:
     complete: bool  # an identical finished store is already there: nothing to write
     n_inputs: int
     n_chunks: int
+    concat_inputs: int = 0  # concat positions the store holds once this run is finalized
+    appended: int = 0  # items added along the concat dimension by this run (append mode)

@@ -25,7 +25,8 @@ from forge.openers import RawInput
 from forge.plan import ChunkWrite
 from forge.recipe import XarrayZarrRecipe
 from forge.schema import VariableSpec
-from forge.storage import Storage, zarr_store
+from forge.storage import Storage
+from forge.target import open_group
 from forge.types import TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,12 @@ def chunk_blocks(
     """Each (region, encoded values) of one target chunk of one variable, assembled from input slices."""
     axis = spec.dims.index(concat_dim)
     length = chunk.stop - chunk.start
-    if chunk.start % arr.chunks[axis] or (length != arr.chunks[axis] and chunk.stop != arr.shape[axis]):
+    size = arr.chunks[axis]
+    # A write stays inside one Zarr chunk and ends at its end (or the array's); it may start inside it
+    # only when an append fills the rest of a partly written chunk.
+    if chunk.start // size != (chunk.stop - 1) // size or (
+        chunk.stop % size and chunk.stop != arr.shape[axis]
+    ):
         raise ChunkWriteError(
             f"chunk {chunk.index} [{chunk.start}, {chunk.stop}) does not match the Zarr chunks "
             f"{arr.chunks} of {spec.name!r}; the write plan is inconsistent with the target"
@@ -119,7 +125,7 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     """
     t0 = time.perf_counter()
     stats = BatchStats()
-    group = zarr.open_group(zarr_store(target.url), mode="r+")
+    group = open_group(target.url)
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer:

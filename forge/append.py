@@ -1,0 +1,269 @@
+"""Appending new inputs along the concat dimension: idempotent, crash-safe, checked against the store.
+
+The store's attrs say how many concat positions it holds (``forge:concat_inputs``). An append takes the
+pattern's positions from there on, checks that they match the stored schema and encoding, records its
+intent (a marker file saying where it starts), resizes, writes, and only then commits the new count
+and re-consolidates the metadata. Readers of the consolidated metadata see the old extent until the
+commit. A run that finds a pending append redoes it from the recorded start: every write lands in the
+same place, so the result is the same as an uninterrupted append, and the same as one full build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
+
+from forge.recipe import XarrayZarrRecipe
+from forge.schema import InputSummary, Template, VariableSpec, combine
+from forge.target import (
+    COMPLETE_ATTR,
+    FINGERPRINT_ATTR,
+    INPUTS_ATTR,
+    open_group,
+    pending_marker,
+    plan_write_batches,
+)
+from forge.types import RunSpec, TargetSpec, WriteBatch
+
+logger = logging.getLogger(__name__)
+
+PACKING = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
+
+
+class AppendError(ValueError):
+    """The new inputs cannot be appended; the store is left as it was."""
+
+
+@dataclass(frozen=True)
+class StoreState:
+    url: str
+    concat_dim: str
+    concat_inputs: int  # concat positions in the store (an interrupted append: where it started)
+    length: int  # items along the concat dimension, likewise
+    pending: bool
+
+
+def dims_of(arr: zarr.Array) -> tuple[str, ...]:
+    names = getattr(arr.metadata, "dimension_names", None)
+    return tuple(names) if names else tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
+
+
+def read_state(url: str, concat_dim: str) -> StoreState:
+    """How far the store at ``url`` goes along ``concat_dim``."""
+    try:
+        group = open_group(url, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise AppendError(f"{url} does not exist: build it first (run without --append)") from None
+    attrs = dict(group.attrs)
+    storage, key = pending_marker(url)
+    marker = storage.read_text(key)
+    if marker:
+        pending = json.loads(marker)
+        return StoreState(url, concat_dim, int(pending["from_inputs"]), int(pending["from_length"]), True)
+    if attrs.get(COMPLETE_ATTR) is not True:
+        raise AppendError(f"{url} is an unfinished build: run the recipe without --append to finish it")
+    if INPUTS_ATTR not in attrs:
+        raise AppendError(f"{url} does not record {INPUTS_ATTR}: rebuild it with this version to append")
+    return StoreState(url, concat_dim, int(attrs[INPUTS_ATTR]), group[concat_dim].shape[0], False)
+
+
+def new_inputs(recipe: XarrayZarrRecipe, state: StoreState) -> list[str]:
+    """URLs of the pattern's inputs beyond the store (what an append would add), in order."""
+    return [url for key, url in recipe.pattern.items() if key[state.concat_dim] >= state.concat_inputs]
+
+
+def _stored_coordinate(group: zarr.Group, dim: str, length: int) -> np.ndarray:
+    arr = group[dim]
+    raw = arr[:length]
+    units = arr.attrs.get("units")
+    if units and "since" in str(units):
+        return np.asarray(decode_cf_datetime(raw, units, arr.attrs.get("calendar", "standard")))
+    return np.asarray(raw)
+
+
+def encode_coordinate(group: zarr.Group, dim: str, values: np.ndarray, first_url: str) -> np.ndarray:
+    """The new coordinate values in the store's own encoding; exactly, or an error naming the input."""
+    arr = group[dim]
+    units, calendar = arr.attrs.get("units"), arr.attrs.get("calendar", "standard")
+    if not (units and "since" in str(units)):
+        encoded = np.asarray(values).astype(arr.dtype)
+        exact = np.array_equal(encoded, values)
+    else:
+        encoded, _, _ = encode_cf_datetime(values, units, calendar, dtype=arr.dtype)
+        exact = np.array_equal(np.asarray(decode_cf_datetime(encoded, units, calendar)), values)
+    if not exact:
+        raise AppendError(
+            f"{dim!r} values of the new inputs (from {first_url}) cannot be stored exactly in the store's "
+            f"encoding ({units!r}, calendar {calendar!r}, {arr.dtype}); the time resolution of the source "
+            "changed. Rebuild the store."
+        )
+    return np.asarray(encoded)
+
+
+def check_continuity(stored: np.ndarray, new: np.ndarray, dim: str, first_url: str) -> None:
+    """New coordinate values must follow the stored ones: no overlap, and no gap in a regular series."""
+    if len(stored) and new[0] <= stored[-1]:
+        raise AppendError(
+            f"overlap: the new inputs (from {first_url}) start at {dim}={new[0]}, not after the store's "
+            f"last {dim}={stored[-1]}"
+        )
+    series = np.concatenate([stored[-2:], new])
+    steps = np.diff(series)
+    if (steps <= np.zeros_like(steps[:1])).any():
+        raise AppendError(f"{dim!r} of the new inputs (from {first_url}) is not increasing")
+    if len(stored) >= 2:
+        step = stored[-1] - stored[-2]
+        gaps = [(series[i], series[i + 1]) for i in range(len(steps)) if steps[i] != step]
+        if gaps:
+            missing = ", ".join(f"after {a} the next is {b}" for a, b in gaps[:5])
+            raise AppendError(
+                f"gap in {dim!r}: the store steps by {step}, but {missing} (new inputs from {first_url}); "
+                "a source file is missing. Nothing was appended."
+            )
+
+
+def check_compatible(group: zarr.Group, template: Template, first_url: str) -> None:
+    """Every difference between the new inputs' schema and the store's, listed in one error."""
+    dim = template.concat_dim
+    problems = []
+    new = {v.name: v for v in template.variables}
+    for name, arr in group.arrays():
+        if dim in dims_of(arr) and name not in new:
+            problems.append(f"variable {name!r} is in the store but not in the new inputs")
+    missing = [v.name for v in template.variables if v.name not in group]
+    problems += [f"variable {name!r} is new at the source (the store does not have it)" for name in missing]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        # The arrays' own metadata (not the consolidated copy, stale during an interrupted append),
+        # decoded by xarray so that packing attrs compare as values.
+        stored = xr.open_zarr(group.store, consolidated=False, decode_times=False)
+    for v in template.variables:
+        if v.name not in missing:
+            problems += _variable_problems(group[v.name], stored[v.name], v, dim)
+    if problems:
+        raise AppendError(
+            f"the new inputs (from {first_url}) do not match the store {group.store}: "
+            + "; ".join(problems)
+            + ". The store was not changed."
+        )
+
+
+def _variable_problems(arr: zarr.Array, stored: xr.DataArray, v: VariableSpec, dim: str) -> list[str]:
+    stored_dims = dims_of(arr)
+    if stored_dims != v.dims:
+        return [f"{v.name!r} has dims {v.dims}, the store {stored_dims}"]
+    problems = []
+    for d, n_new, n_old in zip(v.dims, v.shape, arr.shape, strict=True):
+        if d != dim and n_new != n_old:
+            problems.append(f"{v.name!r} has {n_new} items along {d!r}, the store {n_old}")
+    if not v.along_concat or v.name == dim:
+        return problems  # static variables: shape only; the concat coordinate: by its values
+    if np.dtype(arr.dtype) != v.encoded_dtype:
+        problems.append(f"{v.name!r} is stored as {arr.dtype}, the new inputs as {v.encoded_dtype}")
+    for attr in PACKING:
+        new_value = v.encoding.get(attr, v.attrs.get(attr))
+        old_value = stored.encoding.get(attr, stored.attrs.get(attr))
+        if not _same_value(new_value, old_value):
+            problems.append(f"{v.name!r} {attr} is {new_value!r}, the store's {old_value!r}")
+    return problems
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return bool(np.all(np.asarray(a, dtype=float) == np.asarray(b, dtype=float))) or (
+            np.isnan(float(a)) and np.isnan(float(b))
+        )
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _chained(previous: str, summaries: Sequence[InputSummary]) -> str:
+    h = hashlib.sha256(previous.encode())
+    for s in summaries:
+        h.update(f"{s.key.label} {s.url} {s.size}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def prepare_append(
+    recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
+) -> tuple[TargetSpec, list[WriteBatch]]:
+    """Check the new inputs against the store, record the intent, resize, write the coordinate, plan."""
+    dim = recipe.concat_dim
+    if dim is None:
+        raise AppendError("append needs a recipe with a concat dimension")
+    state = read_state(run.target_url, dim)
+    ordered = sorted(summaries, key=lambda s: s.key)
+    first_url = ordered[0].url
+    template = combine(
+        ordered,
+        dim,
+        preprocessed=recipe.process_input is not None,
+        nitems_per_file=recipe.pattern.concat_dim.nitems_per_file,
+    )
+    group = open_group(run.target_url)
+    check_compatible(group, template, first_url)
+    new_values = np.asarray(template.concat_values)
+    check_continuity(_stored_coordinate(group, dim, state.length), new_values, dim, first_url)
+    encoded = encode_coordinate(group, dim, new_values, first_url)
+
+    n_new = int(sum(template.lengths))
+    total = state.length + n_new
+    concat_inputs = state.concat_inputs + len(template.lengths)
+    # The intent first: a crash from here on is finished by the next append, from the same start.
+    marker = {"from_inputs": state.concat_inputs, "from_length": state.length}
+    storage, key = pending_marker(run.target_url)
+    storage.write_text(key, json.dumps(marker))
+    chunk = None
+    for name, arr in group.arrays():
+        dims = dims_of(arr)
+        if dim in dims:
+            axis = dims.index(dim)
+            arr.resize(tuple(total if i == axis else n for i, n in enumerate(arr.shape)))
+            if name != dim and chunk is None:
+                chunk = arr.chunks[axis]
+    group[dim][state.length : total] = encoded
+    batches = plan_write_batches(recipe, template, ordered, chunk or n_new, offset=state.length)
+    logger.info(
+        "appending %d items (%d inputs) to %s from %s=%s",
+        n_new,
+        len(ordered),
+        run.target_url,
+        dim,
+        new_values[0],
+    )
+    spec = TargetSpec(
+        run,
+        run.target_url,
+        dim,
+        template.concat_variables,
+        # Chained: the stored fingerprint and the new inputs (a full build of the range differs only here).
+        fingerprint=_chained(str(group.attrs.get(FINGERPRINT_ATTR, "")), ordered),
+        complete=False,
+        n_inputs=len(ordered),
+        n_chunks=sum(len(b.chunks) for b in batches),
+        concat_inputs=concat_inputs,
+        appended=n_new,
+    )
+    return spec, batches
+
+
+def plan_append(recipe: XarrayZarrRecipe, run: RunSpec) -> tuple[RunSpec, list[str]]:
+    """The run in append mode (starting where the store ends) and the URLs it would add."""
+    if recipe.concat_dim is None:
+        raise AppendError("append needs a recipe with a concat dimension")
+    state = read_state(run.target_url, recipe.concat_dim)
+    if state.pending:
+        logger.warning("%s has an interrupted append: finishing it first", run.target_url)
+    return replace(run, append_from=state.concat_inputs), new_inputs(recipe, state)

@@ -1,0 +1,147 @@
+"""Append mode on the local runner (the reference): idempotent, crash-safe, and checked against the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from forge import ConcatDim, FilePattern, XarrayZarrRecipe
+from forge.append import AppendError, plan_append
+from forge.caching import cache_batch, plan_cache
+from forge.run import run_locally
+from forge.target import open_group, pending_marker, prepare_target
+from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
+from forge.writers import store_batch
+
+CHUNK = 3  # 10 days end inside a chunk, so the first append fills a partly written chunk
+
+
+def recipe_for(served, days: list[int], prefix: str = "all", chunk: int = CHUNK) -> XarrayZarrRecipe:
+    def url(time: int) -> str:
+        return f"{served.url}/{prefix}_{time:04d}.nc"
+
+    pattern = FilePattern(url, ConcatDim("time", days, nitems_per_file=1))
+    return XarrayZarrRecipe(pattern, target_chunks={"time": chunk}, max_write_batches=2)
+
+
+def data_vars_and_attrs(url: str) -> xr.Dataset:
+    """The store as users see it, without forge's provenance attrs (run ids and fingerprints differ)."""
+    ds = open_store(url)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("forge:")}
+    return ds
+
+
+@pytest.fixture
+def days20(served):
+    ds = make_dataset(20, packed=True)
+    return write_inputs(ds, Path(served.root), 1)
+
+
+def test_append_equals_one_shot_build_and_a_second_append_changes_nothing(served, run_spec, days20, tmp_path):
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    before = served.requests.copy()
+    out = run_locally(recipe_for(served, list(range(20))), run, append=True)
+    assert out["appended"] == 10 and out["sizes"]["time"] == 20
+    fetched = [p for p in served.requests if p not in before]
+    assert sorted(fetched) == [f"/all_{t:04d}.nc" for t in range(10, 20)], "only the new inputs are fetched"
+    assert_store_matches(out["url"], days20)
+
+    one_shot = run_locally(recipe_for(served, list(range(20))), run_spec(recipe_id="one-shot"))
+    xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
+    assert open_store(out["url"]).tas.encoding["chunks"][0] == CHUNK
+    assert open_group(out["url"]).attrs["forge:concat_inputs"] == 20
+
+    # Nothing new: no download, no write, same store.
+    attrs = dict(open_group(out["url"]).attrs)
+    n_requests = len(served.requests)
+    again = run_locally(recipe_for(served, list(range(20))), run, append=True)
+    assert again["appended"] == 0 and len(served.requests) == n_requests
+    assert dict(open_group(out["url"]).attrs) == attrs
+
+
+def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, days20):
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    recipe = recipe_for(served, list(range(20)))
+    append_run, new = plan_append(recipe, run)
+    assert len(new) == 10
+    summaries = [s for b in plan_cache(recipe, append_run) for s in cache_batch(recipe, append_run, b)]
+    target, batches = prepare_target(recipe, append_run, summaries)
+    store_batch(recipe, target, batches[0])  # ... and the process dies here
+    storage, key = pending_marker(run.target_url)
+    marker = json.loads(storage.read_text(key))
+    assert marker == {"from_inputs": 10, "from_length": 10}
+    # Readers of the consolidated metadata still see the old, complete store.
+    assert open_store(run.target_url).sizes["time"] == 10
+
+    out = run_locally(recipe, run, append=True)
+    assert out["sizes"]["time"] == 20 and not storage.exists(key)
+    assert_store_matches(out["url"], days20)
+    one_shot = run_locally(recipe, run_spec(recipe_id="one-shot"))
+    xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
+
+
+def _assert_refused_and_untouched(served, run, recipe, *expected: str) -> None:
+    before = open_store(run.target_url).load()
+    attrs = dict(open_group(run.target_url).attrs)
+    with pytest.raises(AppendError) as info:
+        run_locally(recipe, run, append=True)
+    for text in expected:
+        assert text in str(info.value), str(info.value)
+    xr.testing.assert_identical(open_store(run.target_url).load(), before)
+    assert dict(open_group(run.target_url).attrs) == attrs
+
+
+def test_schema_change_at_the_source_fails_naming_file_and_variable(served, run_spec):
+    write_inputs(make_dataset(10, packed=True), Path(served.root), 1)
+    later = make_dataset(12, packed=False).isel(time=slice(10, 12))  # float32, no packing any more
+    write_inputs(later, Path(served.root), 1, first_index=10)
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    _assert_refused_and_untouched(
+        served, run, recipe_for(served, list(range(12))), "all_0010.nc", "'tas'", "float32", "scale_factor"
+    )
+
+
+def test_gap_at_the_source_is_reported_and_nothing_is_appended(served, run_spec, days20):
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    # Day 10 never arrived; the pattern lists what the source has.
+    days = [*range(10), *range(11, 20)]
+    _assert_refused_and_untouched(served, run, recipe_for(served, days), "gap", "all_0011.nc")
+
+
+def test_overlap_is_reported(served, run_spec, days20):
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    days = [*range(10), 8, 9, 10]  # a provider re-issued two days under new positions
+    _assert_refused_and_untouched(served, run, recipe_for(served, days), "overlap", "all_0008.nc")
+
+
+def test_finer_time_resolution_at_the_source_is_refused(served, run_spec):
+    """The original project took the time encoding from the first file only: hours collapsed to days."""
+    write_inputs(make_dataset(4), Path(served.root), 1)
+    hourly = make_dataset(2, freq="h", start="2000-01-05T06:00")
+    write_inputs(hourly, Path(served.root), 1, first_index=4, time_units_per_file=True)
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(4)), chunk=2), run)
+    _assert_refused_and_untouched(served, run, recipe_for(served, list(range(6)), chunk=2), "all_0004.nc")
+
+
+def test_append_to_a_missing_store_says_build_first(served, run_spec, days20):
+    with pytest.raises(AppendError, match="build it first"):
+        run_locally(recipe_for(served, list(range(3))), run_spec(), append=True)
+
+
+def test_append_keeps_time_values_exact(served, run_spec, days20):
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(7))), run)
+    run_locally(recipe_for(served, list(range(13))), run, append=True)
+    out = run_locally(recipe_for(served, list(range(20))), run, append=True)
+    times = open_store(out["url"]).time.values
+    np.testing.assert_array_equal(times, make_dataset(20).time.values)
