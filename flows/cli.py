@@ -61,6 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forge.patterns import parse_rewrites
 
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
+    if args.dry_run and not args.append:
+        raise SystemExit("--dry-run goes with --append")
+    if args.append and append_is_a_no_op(args):
+        return 0
     with contextlib.ExitStack() as stack:
         if args.local_replica:
             url = stack.enter_context(local_replica(args.replica_dir))
@@ -80,11 +84,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache_root=args.cache_root or DEFAULT_CACHE_ROOT,
             prune=args.prune,
             url_rewrites=rewrites or None,
+            append=args.append,
         )
+    if "repr" not in summary:
+        return 0
     print(summary["repr"])
     print(f"\nstore: {summary['url']}")
     print(f'open it with: xr.open_zarr("{summary["url"]}")')
     return 0
+
+
+def append_is_a_no_op(args: argparse.Namespace) -> bool:
+    """Answer --dry-run, and "nothing new", from the store and the pattern alone: no Prefect, no cluster."""
+    from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
+    from forge.append import plan_append
+    from forge.loading import load_recipe
+
+    run = run_spec(args.recipe, args.target_root or DEFAULT_TARGET_ROOT, DEFAULT_CACHE_ROOT, args.prune, None)
+    run, new = plan_append(load_recipe(run.recipe).pruned(run.prune), run)
+    if not new:
+        print(f"nothing new to append to {run.target_url}")
+        return True
+    if args.dry_run:
+        print(f"would append {len(new)} inputs to {run.target_url}:" + "".join(f"\n  {url}" for url in new))
+    return args.dry_run
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -147,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror")
     run.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
     run.add_argument("--replica-dir", help="where the replica keeps its files")
+    run.add_argument("--append", action="store_true", help="add only the inputs beyond the store's end")
+    run.add_argument("--dry-run", action="store_true", help="with --append: list what would be added")
     run.add_argument("--dask-address", help="an existing Dask scheduler (default: a local cluster)")
     run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
     run.set_defaults(func=cmd_run)

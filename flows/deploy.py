@@ -40,20 +40,38 @@ def render() -> str:
         if bakery_id not in registry:
             raise ValueError(f"{source.meta_path}: unknown bakery {bakery_id!r} (known: {sorted(registry)})")
         bakery = registry[bakery_id]
-        deployments.append(
-            {
-                "name": source.recipe_id,
-                "description": meta.get("title", source.recipe_id),
-                "entrypoint": "flows/recipe.py:recipe",
-                "tags": [f"bakery:{bakery_id}", "recipe"],
-                "parameters": {
-                    "recipe": source.recipe_id,
-                    "target_root": bakery.target_root,
-                    "cache_root": bakery.cache_root,
-                },
-                "work_pool": used.setdefault(bakery_id, pools[bakery_id]),
-            }
-        )
+        base = {
+            "name": source.recipe_id,
+            "description": meta.get("title", source.recipe_id),
+            "entrypoint": "flows/recipe.py:recipe",
+            "tags": [f"bakery:{bakery_id}", "recipe"],
+            "parameters": {
+                "recipe": source.recipe_id,
+                "target_root": bakery.target_root,
+                "cache_root": bakery.cache_root,
+            },
+            "work_pool": used.setdefault(bakery_id, pools[bakery_id]),
+        }
+        deployments.append(base)
+        schedule = (meta.get("update") or {}).get("schedule")
+        if schedule:
+            # Continuous updates: the same flow in append mode, on the recipe's schedule.
+            deployments.append(
+                {
+                    **base,
+                    "name": f"{source.recipe_id}-append",
+                    "description": f"Append new inputs to {source.recipe_id} ({meta.get('title', '')})",
+                    "tags": [*base["tags"], "append"],
+                    "parameters": {**base["parameters"], "append": True},
+                    "schedules": [
+                        {
+                            "cron": schedule["cron"],
+                            "timezone": schedule.get("timezone", "UTC"),
+                            "active": schedule.get("active", True),
+                        }
+                    ],
+                }
+            )
     doc = {
         "name": "forge-recipes",
         "prefect-version": "3.8.8",

@@ -14,7 +14,7 @@ from forge.loading import find_recipe
 from forge.types import RunSpec
 from tasks.cache import cache_inputs, limit_source_hosts, plan_cache_batches
 from tasks.finalize import finalize_target
-from tasks.prepare import prepare_target
+from tasks.prepare import plan_append_run, prepare_target
 from tasks.store import store_chunks
 
 DEFAULT_TARGET_ROOT = str(Path("data/target").resolve())
@@ -37,11 +37,23 @@ def recipe(
     cache_root: str = DEFAULT_CACHE_ROOT,
     prune: int | None = None,
     url_rewrites: dict[str, str] | None = None,
+    append: bool = False,
+    dry_run: bool = False,
 ) -> dict:
-    """Build ``{target_root}/{recipe_id}.zarr`` from a recipe id (in ``recipes/``) or a recipe path."""
+    """Build ``{target_root}/{recipe_id}.zarr`` from a recipe id (in ``recipes/``) or a recipe path.
+
+    ``append``: add only the inputs beyond the store's end (idempotent; finishes an interrupted append).
+    ``dry_run`` (with ``append``): list what would be added, touch nothing.
+    """
     run = run_spec(recipe, target_root, cache_root, prune, url_rewrites)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if append:
+        run, new = plan_append_run(run)
+        if dry_run or not new:
+            verb = "would append" if new else "nothing new to append to"
+            print(f"{verb} {run.target_url}" + "".join(f"\n  {url}" for url in new))
+            return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
     batches = plan_cache_batches(run)
     limit_source_hosts(batches, run)
@@ -61,5 +73,5 @@ def recipe(
     timings["store"] = time.perf_counter() - t1
 
     summary = finalize_target(target, timings)
-    print(f"store ready: {summary['url']}")
-    return summary
+    print(f"store ready: {summary['url']}" + (f" (appended {target.appended})" if append else ""))
+    return {**summary, "appended": target.appended}

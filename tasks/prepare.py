@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from forge.append import plan_append
 from forge.schema import InputSummary
 from forge.target import prepare_target as prepare
 from forge.types import RunSpec, TargetSpec, WriteBatch
@@ -13,3 +14,9 @@ def prepare_target(run: RunSpec, summaries: list[list[InputSummary]]) -> tuple[T
     """Combine the schemas of all inputs, write the template, plan the writes."""
     flat = [s for batch in summaries for s in batch]
     return prepare(recipe_for(run), run, flat)
+
+
+@task(name="plan-append")
+def plan_append_run(run: RunSpec) -> tuple[RunSpec, list[str]]:
+    """Where the store ends, and the inputs beyond it (none: nothing to do)."""
+    return plan_append(recipe_for(run), run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import xarray as xr
 
 from flows.cli import local_replica
 from forge.replica import OISST_ROOT
@@ -67,12 +69,51 @@ def forge(*args: str, env: dict) -> subprocess.CompletedProcess:
     return result
 
 
-def test_deployment_run_on_a_process_worker(server_env, tmp_path):
+def run_deployment(name: str, params: dict, env: dict) -> dict:
+    """`prefect deployment run NAME --params ...`, then wait for the flow run's end; its final API record."""
+    run = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+    api = env["PREFECT_API_URL"]
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        record = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
+        if record["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return record
+        time.sleep(2)
+    pytest.fail(f"{name} did not finish: {record['state']}")
+
+
+def stage_names(api: str, flow_run_id: str) -> tuple[set[str], list[dict]]:
+    tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+    names = {
+        t["name"].split("-")[0] if t["name"].startswith(("cache-", "store-")) else t["name"].rsplit("-", 1)[0]
+        for t in tasks
+    }
+    return names, tasks
+
+
+def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(server_env, tmp_path):
     env = server_env
+    api = env["PREFECT_API_URL"]
     forge("bakery", "up", "local", env=env)
     forge("bakery", "up", "local", env=env)  # idempotent
     forge("deploy", "--data-dir", str(tmp_path / "data"), env=env)
     forge("deploy", "--data-dir", str(tmp_path / "data"), env=env)  # idempotent
+    append_deployment = httpx.get(f"{api}/deployments/name/recipe/noaa-oisst-append").json()
+    assert append_deployment["parameters"]["append"] is True
+    [schedule] = append_deployment["schedules"]
+    assert schedule["schedule"]["cron"] == "0 6 * * *" and schedule["schedule"]["timezone"] == "UTC"
+    assert schedule["active"] is True  # pausable in the UI
+    store = tmp_path / "data" / "target" / "noaa-oisst.zarr"
+    replica = tmp_path / "replica" / "720x1440"
     with (tmp_path / "worker.log").open("w") as worker_log:
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "bakery-local"],
@@ -83,54 +124,34 @@ def test_deployment_run_on_a_process_worker(server_env, tmp_path):
         )
         try:
             with local_replica(str(tmp_path / "replica")) as url:
-                params = {"prune": 3, "url_rewrites": {OISST_ROOT.split("/data/")[0] + "/": url + "/"}}
-                run = subprocess.run(
-                    [
-                        str(BIN / "prefect"),
-                        "deployment",
-                        "run",
-                        "recipe/noaa-oisst",
-                        "--params",
-                        json.dumps(params),
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                assert run.returncode == 0, run.stdout + run.stderr
-                api = env["PREFECT_API_URL"]
-                runs = httpx.post(f"{api}/flow_runs/filter", json={}).json()
-                assert len(runs) == 1
-                flow_run_id = runs[0]["id"]
-                deadline = time.time() + 300
-                while time.time() < deadline:
-                    state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"]
-                    if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                        break
-                    time.sleep(2)
-                assert state["type"] == "COMPLETED", state
-                tasks = httpx.post(
-                    f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
-                ).json()
-                names = {
-                    t["name"].rsplit("-", 1)[0]
-                    if not t["name"].startswith(("cache-", "store-"))
-                    else t["name"].split("-")[0]
-                    for t in tasks
-                }
-                assert {
+                rewrites = {OISST_ROOT.split("/data/")[0] + "/": url + "/"}
+                record = run_deployment("recipe/noaa-oisst", {"prune": 3, "url_rewrites": rewrites}, env)
+                assert record["state"]["type"] == "COMPLETED", record["state"]
+                names, tasks = stage_names(api, record["id"])
+                stages = {
                     "plan-cache",
                     "limit-source-hosts",
                     "cache",
                     "prepare-target",
                     "store",
                     "finalize-target",
-                } <= names
+                }
+                assert stages <= names
                 assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
+                assert_store_matches(str(store), sorted(replica.rglob("*.nc")))
+
+                # The append deployment adds the two days beyond the store, then finds nothing new.
+                params = {"prune": 5, "url_rewrites": rewrites}
+                record = run_deployment("recipe/noaa-oisst-append", params, env)
+                assert record["state"]["type"] == "COMPLETED", record["state"]
+                names, _ = stage_names(api, record["id"])
+                assert {"plan-append", "cache", "prepare-target", "store", "finalize-target"} <= names
+                assert xr.open_zarr(store).sizes["time"] == 5
+                assert_store_matches(str(store), sorted(replica.rglob("*.nc")))
+                record = run_deployment("recipe/noaa-oisst-append", params, env)
+                assert record["state"]["type"] == "COMPLETED"
+                names, _ = stage_names(api, record["id"])
+                assert "store" not in names and "cache" not in names, "nothing new: nothing cached or stored"
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-    store = tmp_path / "data" / "target" / "noaa-oisst.zarr"
-    assert_store_matches(str(store), sorted((tmp_path / "replica" / "720x1440").rglob("*.nc")))
