@@ -47,12 +47,16 @@ def prefect_api() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def local_replica(directory: str | None, port: int = 0) -> Iterator[str]:
+def local_replica(
+    directory: str | None, port: int = 0, delay: float | None = None, bytes_per_second: float | None = None
+) -> Iterator[str]:
+    """Serve the OISST replica on loopback, optionally throttled like a busy source server."""
     from forge.replica import OisstReplica
     from forge.sourceserver import SourceServer
 
+    generate = OisstReplica(Path(directory) if directory else None).generate
     with SourceServer(
-        generate=OisstReplica(Path(directory) if directory else None).generate, port=port
+        generate=generate, port=port, delay=delay or 0.0, bytes_per_second=bytes_per_second
     ) as srv:
         yield srv.url
 
