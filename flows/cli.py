@@ -101,17 +101,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def append_is_a_no_op(args: argparse.Namespace) -> bool:
     """Answer --dry-run, and "nothing new", from the store and the pattern alone: no Prefect, no cluster."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
-    from forge.append import plan_append
+    from forge.append import describe_append, plan_append
     from forge.loading import load_recipe
 
     run = run_spec(args.recipe, args.target_root or DEFAULT_TARGET_ROOT, DEFAULT_CACHE_ROOT, args.prune, None)
     run, new = plan_append(load_recipe(run.recipe).pruned(run.prune), run)
-    if not new:
-        print(f"nothing new to append to {run.target_url}")
+    if not new or args.dry_run:
+        print(describe_append(run.target_url, new, dry_run=True))
         return True
-    if args.dry_run:
-        print(f"would append {len(new)} inputs to {run.target_url}:" + "".join(f"\n  {url}" for url in new))
-    return args.dry_run
+    return False
 
 
 def cmd_list(args: argparse.Namespace) -> int:

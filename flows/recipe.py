@@ -10,6 +10,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.bakery import current_bakery, task_runner_for
+from forge.append import describe_append
 from forge.loading import find_recipe
 from forge.types import RunSpec
 from tasks.cache import cache_inputs, limit_source_hosts, plan_cache_batches
@@ -51,8 +52,7 @@ def recipe(
     if append:
         run, new = plan_append_run(run)
         if dry_run or not new:
-            verb = "would append" if new else "nothing new to append to"
-            print(f"{verb} {run.target_url}" + "".join(f"\n  {url}" for url in new))
+            print(describe_append(run.target_url, new, dry_run))
             return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
     batches = plan_cache_batches(run)

@@ -24,11 +24,13 @@ import zarr
 from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
 
 from forge.recipe import XarrayZarrRecipe
-from forge.schema import InputSummary, Template, VariableSpec, combine
+from forge.schema import InputSummary, Template, VariableSpec
 from forge.target import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
     INPUTS_ATTR,
+    combine_inputs,
+    digest_inputs,
     open_group,
     pending_marker,
     plan_write_batches,
@@ -46,7 +48,6 @@ class AppendError(ValueError):
 
 @dataclass(frozen=True)
 class StoreState:
-    url: str
     concat_dim: str
     concat_inputs: int  # concat positions in the store (an interrupted append: where it started)
     length: int  # items along the concat dimension, likewise
@@ -69,12 +70,12 @@ def read_state(url: str, concat_dim: str) -> StoreState:
     marker = storage.read_text(key)
     if marker:
         pending = json.loads(marker)
-        return StoreState(url, concat_dim, int(pending["from_inputs"]), int(pending["from_length"]), True)
+        return StoreState(concat_dim, int(pending["from_inputs"]), int(pending["from_length"]), True)
     if attrs.get(COMPLETE_ATTR) is not True:
         raise AppendError(f"{url} is an unfinished build: run the recipe without --append to finish it")
     if INPUTS_ATTR not in attrs:
         raise AppendError(f"{url} does not record {INPUTS_ATTR}: rebuild it with this version to append")
-    return StoreState(url, concat_dim, int(attrs[INPUTS_ATTR]), group[concat_dim].shape[0], False)
+    return StoreState(concat_dim, int(attrs[INPUTS_ATTR]), group[concat_dim].shape[0], False)
 
 
 def new_inputs(recipe: XarrayZarrRecipe, state: StoreState) -> list[str]:
@@ -82,20 +83,27 @@ def new_inputs(recipe: XarrayZarrRecipe, state: StoreState) -> list[str]:
     return [url for key, url in recipe.pattern.items() if key[state.concat_dim] >= state.concat_inputs]
 
 
+def _time_encoding(arr: zarr.Array) -> tuple[str, str] | None:
+    """(units, calendar) of a CF time coordinate ("<unit> since <date>"), None for plain numbers."""
+    units = arr.attrs.get("units")
+    if units and "since" in str(units):
+        return str(units), arr.attrs.get("calendar", "standard")
+    return None
+
+
 def _stored_coordinate(group: zarr.Group, dim: str, length: int) -> np.ndarray:
     arr = group[dim]
     raw = arr[:length]
-    units = arr.attrs.get("units")
-    if units and "since" in str(units):
-        return np.asarray(decode_cf_datetime(raw, units, arr.attrs.get("calendar", "standard")))
-    return np.asarray(raw)
+    encoding = _time_encoding(arr)
+    return np.asarray(decode_cf_datetime(raw, *encoding) if encoding else raw)
 
 
 def encode_coordinate(group: zarr.Group, dim: str, values: np.ndarray, first_url: str) -> np.ndarray:
     """The new coordinate values in the store's own encoding; exactly, or an error naming the input."""
     arr = group[dim]
-    units, calendar = arr.attrs.get("units"), arr.attrs.get("calendar", "standard")
-    if not (units and "since" in str(units)):
+    encoding = _time_encoding(arr)
+    units, calendar = encoding or (arr.attrs.get("units"), None)
+    if encoding is None:
         encoded = np.asarray(values).astype(arr.dtype)
         exact = np.array_equal(encoded, values)
     else:
@@ -189,13 +197,6 @@ def _same_value(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
-def _chained(previous: str, summaries: Sequence[InputSummary]) -> str:
-    h = hashlib.sha256(previous.encode())
-    for s in summaries:
-        h.update(f"{s.key.label} {s.url} {s.size}\n".encode())
-    return h.hexdigest()[:32]
-
-
 def prepare_append(
     recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
 ) -> tuple[TargetSpec, list[WriteBatch]]:
@@ -206,12 +207,7 @@ def prepare_append(
     state = read_state(run.target_url, dim)
     ordered = sorted(summaries, key=lambda s: s.key)
     first_url = ordered[0].url
-    template = combine(
-        ordered,
-        dim,
-        preprocessed=recipe.process_input is not None,
-        nitems_per_file=recipe.pattern.concat_dim.nitems_per_file,
-    )
+    template = combine_inputs(recipe, ordered)
     group = open_group(run.target_url)
     check_compatible(group, template, first_url)
     new_values = np.asarray(template.concat_values)
@@ -249,7 +245,9 @@ def prepare_append(
         dim,
         template.concat_variables,
         # Chained: the stored fingerprint and the new inputs (a full build of the range differs only here).
-        fingerprint=_chained(str(group.attrs.get(FINGERPRINT_ATTR, "")), ordered),
+        fingerprint=digest_inputs(
+            hashlib.sha256(str(group.attrs.get(FINGERPRINT_ATTR, "")).encode()), ordered
+        ),
         complete=False,
         n_inputs=len(ordered),
         n_chunks=sum(len(b.chunks) for b in batches),
@@ -267,3 +265,11 @@ def plan_append(recipe: XarrayZarrRecipe, run: RunSpec) -> tuple[RunSpec, list[s
     if state.pending:
         logger.warning("%s has an interrupted append: finishing it first", run.target_url)
     return replace(run, append_from=state.concat_inputs), new_inputs(recipe, state)
+
+
+def describe_append(url: str, new: Sequence[str], dry_run: bool) -> str:
+    """What an append adds (or would add, or that there is nothing new), for the CLI and the flow log."""
+    if not new:
+        return f"nothing new to append to {url}"
+    verb = "would append" if dry_run else "appending"
+    return f"{verb} {len(new)} inputs to {url}:" + "".join(f"\n  {u}" for u in new)

@@ -86,9 +86,24 @@ def fingerprint(recipe: XarrayZarrRecipe, template: Template, summaries: Sequenc
             )
         ).encode()
     )
+    return digest_inputs(h, summaries)
+
+
+def digest_inputs(h: hashlib._Hash, summaries: Sequence[InputSummary]) -> str:
+    """``h`` updated with every input's key, URL and size (in key order): a store's fingerprint."""
     for s in sorted(summaries, key=lambda s: s.key):
         h.update(f"{s.key.label} {s.url} {s.size}\n".encode())
     return h.hexdigest()[:32]
+
+
+def combine_inputs(recipe: XarrayZarrRecipe, summaries: Sequence[InputSummary]) -> Template:
+    """The target template from the inputs' summaries, as the recipe asks for it."""
+    return combine(
+        summaries,
+        recipe.concat_dim,
+        preprocessed=recipe.process_input is not None,
+        nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None,
+    )
 
 
 def _template_dataset(
@@ -161,12 +176,7 @@ def prepare_target(
         from forge.append import prepare_append  # it builds on this module
 
         return prepare_append(recipe, run, summaries)
-    template = combine(
-        summaries,
-        recipe.concat_dim,
-        preprocessed=recipe.process_input is not None,
-        nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None,
-    )
+    template = combine_inputs(recipe, summaries)
     fp = fingerprint(recipe, template, summaries)
     url = run.target_url
     existing = _existing_attrs(url)
