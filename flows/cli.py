@@ -48,15 +48,24 @@ def prefect_api() -> Iterator[str]:
 
 @contextlib.contextmanager
 def local_replica(
-    directory: str | None, port: int = 0, delay: float | None = None, bytes_per_second: float | None = None
+    directory: str | None,
+    port: int = 0,
+    delay: float | None = None,
+    bytes_per_second: float | None = None,
+    last_day: str | None = None,
 ) -> Iterator[str]:
-    """Serve the OISST replica on loopback, optionally throttled like a busy source server."""
+    """Serve the OISST replica on loopback, optionally throttled like a busy source server, optionally
+    with nothing after ``last_day`` (as if NOAA had not released it yet)."""
+    import pandas as pd
+
     from forge.replica import OisstReplica
     from forge.sourceserver import SourceServer
 
-    generate = OisstReplica(Path(directory) if directory else None).generate
+    replica = OisstReplica(
+        Path(directory) if directory else None, last_day=pd.Timestamp(last_day) if last_day else None
+    )
     with SourceServer(
-        generate=generate, port=port, delay=delay or 0.0, bytes_per_second=bytes_per_second
+        generate=replica.generate, port=port, delay=delay or 0.0, bytes_per_second=bytes_per_second
     ) as srv:
         yield srv.url
 
@@ -67,13 +76,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
     if args.dry_run and not args.append:
         raise SystemExit("--dry-run goes with --append")
-    if args.append and append_is_a_no_op(args):
-        return 0
     with contextlib.ExitStack() as stack:
         if args.local_replica:
             url = stack.enter_context(local_replica(args.replica_dir))
             rewrites.setdefault("https://www.ncei.noaa.gov/", url + "/")
             print(f"serving the OISST replica at {url}")
+        if args.append and append_is_a_no_op(args, rewrites):
+            return 0
         t0 = time.perf_counter()
         api = stack.enter_context(prefect_api())
         print(f"Prefect API: {api} (started in {time.perf_counter() - t0:.1f}s)")
@@ -98,13 +107,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def append_is_a_no_op(args: argparse.Namespace) -> bool:
-    """Answer --dry-run, and "nothing new", from the store and the pattern alone: no Prefect, no cluster."""
+def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> bool:
+    """Answer --dry-run, and "nothing new", from the store and the source alone: no Prefect, no cluster."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
     from forge.append import describe_append, plan_append
     from forge.loading import load_recipe
 
-    run = run_spec(args.recipe, args.target_root or DEFAULT_TARGET_ROOT, DEFAULT_CACHE_ROOT, args.prune, None)
+    target_root = args.target_root or DEFAULT_TARGET_ROOT
+    run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites)
     run, new = plan_append(load_recipe(run.recipe).pruned(run.prune), run)
     if not new or args.dry_run:
         print(describe_append(run.target_url, new, dry_run=True))
@@ -122,7 +132,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_replica(args: argparse.Namespace) -> int:
-    with local_replica(args.dir, args.port, delay=args.delay, bytes_per_second=args.bytes_per_second) as url:
+    with local_replica(
+        args.dir, args.port, delay=args.delay, bytes_per_second=args.bytes_per_second, last_day=args.last_day
+    ) as url:
         print(
             f"OISST replica at {url}/ (rewrite https://www.ncei.noaa.gov/={url}/); Ctrl-C to stop", flush=True
         )
@@ -159,6 +171,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from flows.receiver import serve
+
+    serve(args.host, args.port, args.window)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dir", help="where the replica keeps its files")
     rep.add_argument("--delay", type=float, help="throttle: seconds before each response")
     rep.add_argument("--bytes-per-second", type=float, help="throttle: cap on each response's rate")
+    rep.add_argument("--last-day", help="serve nothing after this day (YYYY-MM-DD), as if not released yet")
     rep.set_defaults(func=cmd_replica)
     dep = sub.add_parser("deployments", help="generate deployments/prefect.yaml from the recipes' meta.yaml")
     dep.add_argument("--check", action="store_true", help="fail if the committed file is out of date")
@@ -196,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="register every recipe's deployment (idempotent)")
     deploy.add_argument("--data-dir", help="the local bakery's data directory (default ./data)")
     deploy.set_defaults(func=cmd_deploy)
+    rec = sub.add_parser(
+        "receiver",
+        help="accept S3/GCS/Azure new-object notifications and trigger the recipes' append deployments",
+        description="Secrets come from the environment, never the command line: FORGE_RECEIVER_TOKEN (the "
+        "X-Forge-Token shared secret), or FORGE_RECEIVER_OIDC_AUDIENCE and FORGE_RECEIVER_OIDC_EMAIL for "
+        "Pub/Sub push. Events go to PREFECT_API_URL.",
+    )
+    rec.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    rec.add_argument("--port", type=int, default=8787)
+    rec.add_argument(
+        "--window", type=float, default=30.0, help="seconds to gather a burst of new files into one run"
+    )
+    rec.set_defaults(func=cmd_receiver)
     return parser
 
 

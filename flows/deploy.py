@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 from flows.bakery import DEPLOYMENTS, base_job_template, get_bakery, job_variables, load_bakeries
+from flows.receiver import OBJECTS_LANDED, recipe_resource
 from forge.loading import list_recipes
+from forge.triggers import rules_from_meta
 
 ROOT = DEPLOYMENTS.parent
 PREFECT_FILE = DEPLOYMENTS / "prefect.yaml"
@@ -52,25 +54,9 @@ def render() -> str:
             "work_pool": used.setdefault(bakery_id, pools[bakery_id]),
         }
         deployments.append(base)
-        schedule = (meta.get("update") or {}).get("schedule")
-        if schedule:
-            # Continuous updates: the same flow in append mode, on the recipe's schedule.
-            deployments.append(
-                {
-                    **base,
-                    "name": f"{source.recipe_id}-append",
-                    "description": f"Append new inputs to {source.recipe_id} ({meta.get('title', '')})",
-                    "tags": [*base["tags"], "append"],
-                    "parameters": {**base["parameters"], "append": True},
-                    "schedules": [
-                        {
-                            "cron": schedule["cron"],
-                            "timezone": schedule.get("timezone", "UTC"),
-                            "active": schedule.get("active", True),
-                        }
-                    ],
-                }
-            )
+        append = append_deployment(source.recipe_id, meta, base)
+        if append:
+            deployments.append(append)
     doc = {
         "name": "forge-recipes",
         "prefect-version": "3.8.8",
@@ -82,6 +68,42 @@ def render() -> str:
         "deployments": deployments,
     }
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=110)
+
+
+def append_deployment(recipe_id: str, meta: dict, base: dict) -> dict | None:
+    """Continuous updates: the same flow in append mode, on the recipe's schedule and/or run by an
+    automation when the receiver reports new files. One run at a time; more wait their turn."""
+    update = meta.get("update") or {}
+    schedule, rules = update.get("schedule"), rules_from_meta(recipe_id, meta)
+    if not schedule and not rules:
+        return None
+    deployment = {
+        **base,
+        "name": f"{recipe_id}-append",
+        "description": f"Append new inputs to {recipe_id} ({meta.get('title', '')})",
+        "tags": [*base["tags"], "append"],
+        "parameters": {**base["parameters"], "append": True},
+        "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+    }
+    if schedule:
+        timezone = schedule.get("timezone", "UTC")
+        deployment["schedules"] = [
+            {"cron": schedule["cron"], "timezone": timezone, "active": schedule.get("active", True)}
+        ]
+    if rules:
+        deployment["triggers"] = [
+            {
+                "type": "event",
+                "name": f"{recipe_id}: new source files",
+                "description": "forge receiver saw new objects under " + ", ".join(r.prefix for r in rules),
+                "enabled": True,
+                "match": {"prefect.resource.id": recipe_resource(recipe_id)["prefect.resource.id"]},
+                "expect": [OBJECTS_LANDED],
+                "posture": "Reactive",
+                "threshold": 1,
+            }
+        ]
+    return deployment
 
 
 def write() -> Path:

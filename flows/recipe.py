@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from prefect.futures import as_completed
 from flows.bakery import current_bakery, task_runner_for
 from forge.append import describe_append
 from forge.loading import find_recipe
+from forge.patterns import parse_rewrites
 from forge.types import RunSpec
 from tasks.cache import cache_inputs, limit_source_hosts, plan_cache_batches
 from tasks.finalize import finalize_target
@@ -25,9 +27,14 @@ DEFAULT_CACHE_ROOT = str(Path("data/cache").resolve())
 def run_spec(
     recipe: str, target_root: str, cache_root: str, prune: int | None, url_rewrites: dict[str, str] | None
 ) -> RunSpec:
+    """The run's spec. FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites."""
     source = find_recipe(recipe)
     ref = recipe if not Path(recipe).exists() else str(source.path)
-    return RunSpec(ref, source.recipe_id, target_root, cache_root, prune, tuple((url_rewrites or {}).items()))
+    rewrites = {
+        **dict(parse_rewrites(os.environ.get("FORGE_URL_REWRITES", "").split())),
+        **(url_rewrites or {}),
+    }
+    return RunSpec(ref, source.recipe_id, target_root, cache_root, prune, tuple(rewrites.items()))
 
 
 # The bakery (FORGE_BAKERY, set by the deployment) picks the task runner: local processes or a KubeCluster.

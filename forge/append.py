@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +23,7 @@ import xarray as xr
 import zarr
 from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
 
+from forge.caching import source_probe
 from forge.recipe import XarrayZarrRecipe
 from forge.schema import InputSummary, Template, VariableSpec
 from forge.target import (
@@ -39,6 +40,10 @@ from forge.types import RunSpec, TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
 
+# Up to this many new positions, every one is probed (finding any gap); beyond, a binary search finds
+# the source's frontier and probes this many past it for a gap.
+LINEAR_PROBES = 64
+GAP_LOOKAHEAD = 5
 PACKING = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
@@ -78,9 +83,45 @@ def read_state(url: str, concat_dim: str) -> StoreState:
     return StoreState(concat_dim, int(attrs[INPUTS_ATTR]), group[concat_dim].shape[0], False)
 
 
-def new_inputs(recipe: XarrayZarrRecipe, state: StoreState) -> list[str]:
-    """URLs of the pattern's inputs beyond the store (what an append would add), in order."""
-    return [url for key, url in recipe.pattern.items() if key[state.concat_dim] >= state.concat_inputs]
+def new_inputs(recipe: XarrayZarrRecipe, state: StoreState) -> list[list[str]]:
+    """URLs of the pattern's inputs beyond the store (what an append would add), by concat position."""
+    by_position: dict[int, list[str]] = {}
+    for key, url in recipe.pattern.items():
+        if key[state.concat_dim] >= state.concat_inputs:
+            by_position.setdefault(key[state.concat_dim], []).append(url)
+    return [by_position[p] for p in sorted(by_position)]
+
+
+def available_prefix(positions: Sequence[Sequence[str]], exists: Callable[[str], bool]) -> int:
+    """How many of the new positions the source has already (they appear in order).
+
+    A short list (a daily append) is probed in full; a long one (catching up) by a binary search for the
+    frontier, in log2(n) probes. A position missing while a later one is there is a gap at the source:
+    refused before anything is fetched, never skipped.
+    """
+
+    def has(i: int) -> bool:
+        return all(exists(url) for url in positions[i])
+
+    n = len(positions)
+    if n <= LINEAR_PROBES:
+        first_missing, look_to = next((i for i in range(n) if not has(i)), n), n
+    elif has(n - 1):
+        return n
+    else:
+        lo, hi = -1, n - 1  # has(lo) (or lo is before the start); not has(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if has(mid) else (lo, mid)
+        first_missing, look_to = hi, min(n, hi + 1 + GAP_LOOKAHEAD)
+    for later in range(first_missing + 1, look_to):
+        if has(later):
+            missing = next(url for url in positions[first_missing] if not exists(url))
+            raise AppendError(
+                f"gap at the source: {missing} is not there but {positions[later][0]} is; nothing was "
+                "appended (an append never skips an input): fix the source, or wait for it, and run again"
+            )
+    return first_missing
 
 
 def _time_encoding(arr: zarr.Array) -> tuple[str, str] | None:
@@ -257,14 +298,25 @@ def prepare_append(
     return spec, batches
 
 
-def plan_append(recipe: XarrayZarrRecipe, run: RunSpec) -> tuple[RunSpec, list[str]]:
-    """The run in append mode (starting where the store ends) and the URLs it would add."""
+def plan_append(
+    recipe: XarrayZarrRecipe, run: RunSpec, exists: Callable[[str], bool] | None = None
+) -> tuple[RunSpec, list[str]]:
+    """The run in append mode (from where the store ends up to what the source has) and the URLs it adds.
+
+    ``exists`` asks the source for a URL (default: the way the cache stage would fetch it).
+    """
     if recipe.concat_dim is None:
         raise AppendError("append needs a recipe with a concat dimension")
     state = read_state(run.target_url, recipe.concat_dim)
     if state.pending:
         logger.warning("%s has an interrupted append: finishing it first", run.target_url)
-    return replace(run, append_from=state.concat_inputs), new_inputs(recipe, state)
+    positions = new_inputs(recipe, state)
+    n = available_prefix(positions, exists or source_probe(recipe, run))
+    if n < len(positions):
+        logger.info("the source has nothing from %s on yet: appending up to there", positions[n][0])
+        # Pruning the concat dimension there keeps every later stage within what the source has.
+        run = replace(run, prune=state.concat_inputs + n)
+    return replace(run, append_from=state.concat_inputs), [url for urls in positions[:n] for url in urls]
 
 
 def describe_append(url: str, new: Sequence[str], dry_run: bool) -> str:

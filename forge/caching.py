@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import xarray as xr
 
-from forge.fetch import download, make_temp_path
+from forge.fetch import download, make_temp_path, source_exists
 from forge.openers import check_magic, get_opener, open_input, open_raw
 from forge.patterns import rewrite_url
 from forge.plan import n_cache_batches, split_evenly
@@ -75,9 +75,7 @@ def fetch_missing(
     missing = [item for item in batch.items if not storage.exists(item.cache_key)]
     if not missing:
         return 0
-    options = resolve(dict(pattern.fsspec_open_kwargs), lookup)
-    secrets = secret_values(dict(pattern.fsspec_open_kwargs), lookup)
-    secrets += [lookup(name) or "" for name in pattern.query_string_secrets.values()]
+    options, secrets = _access(recipe, lookup)
     staging = storage.staging_dir()
     with limit(batch.host):
         for item in missing:
@@ -92,6 +90,34 @@ def fetch_missing(
                 tmp.unlink(missing_ok=True)
             logger.info("cached %s (%d bytes)", display, size)
     return len(missing)
+
+
+def _access(recipe: XarrayZarrRecipe, lookup: Lookup) -> tuple[dict, list[str]]:
+    """The pattern's fsspec options with secrets resolved, and the secret values to scrub from messages."""
+    pattern = recipe.pattern
+    options = resolve(dict(pattern.fsspec_open_kwargs), lookup)
+    secrets = secret_values(dict(pattern.fsspec_open_kwargs), lookup)
+    secrets += [lookup(name) or "" for name in pattern.query_string_secrets.values()]
+    return options, secrets
+
+
+def source_probe(
+    recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup = env_lookup
+) -> Callable[[str], bool]:
+    """``exists(url)`` for the pattern's URLs, asked of the source the way the cache stage fetches them."""
+    options, secrets = _access(recipe, lookup)
+    query_secrets = recipe.pattern.query_string_secrets
+
+    def exists(url: str) -> bool:
+        fetch_url = rewrite_url(url, run.url_rewrites)
+        return source_exists(
+            with_query_secrets(fetch_url, query_secrets, lookup),
+            display_url=redact_url(fetch_url),
+            options=dict(options),
+            secrets=secrets,
+        )
+
+    return exists
 
 
 def location_of(recipe: XarrayZarrRecipe, item: CacheItem) -> str:

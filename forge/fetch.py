@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import requests
@@ -25,6 +25,7 @@ import requests
 from forge.secrets import scrub
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SourceError(Exception):
@@ -109,26 +110,78 @@ def download(
 
     ``url`` may contain secrets; every message uses ``display_url`` and is scrubbed of ``secrets``.
     """
-    options = dict(options or {})
-    secrets = secrets or []
-    is_http = url.startswith(("http://", "https://"))
-    auth = options.pop("auth", None)
-    headers = options.pop("headers", {})
+    auth, headers, options = _http_options(options)
+
+    def once() -> int:
+        if url.startswith(("http://", "https://")):
+            return _http_once(url, dest, auth, headers, policy.timeout)[0]
+        return _fsspec_once(url, dest, options)
+
+    try:
+        return _with_retries(once, display_url, secrets or [], policy, sleep)
+    except SourceError:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def source_exists(
+    url: str,
+    *,
+    display_url: str,
+    options: dict | None = None,
+    secrets: list[str] | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Whether the source has ``url`` yet (HEAD for HTTP). Only "not found" answers False: a throttled or
+    failing server is retried and then raises, so it is never mistaken for a missing file."""
+    auth, headers, options = _http_options(options)
+
+    def once() -> bool:
+        if url.startswith(("http://", "https://")):
+            return _http_head(url, auth, headers, policy.timeout)
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        return bool(fs.exists(path))
+
+    return _with_retries(once, display_url, secrets or [], policy, sleep)
+
+
+def _http_options(options: dict | None) -> tuple[tuple | None, dict, dict]:
+    """(auth, headers) for requests, and the rest for fsspec."""
+    rest = dict(options or {})
+    auth = rest.pop("auth", None)
+    return (tuple(auth) if auth else None), rest.pop("headers", {}), rest
+
+
+def _http_head(url: str, auth: Any, headers: dict, timeout: float) -> bool:
+    r = requests.head(url, auth=auth, headers=headers, timeout=timeout, allow_redirects=True)
+    if r.status_code == 405:  # no HEAD here: ask for the first byte instead
+        r = requests.get(url, auth=auth, headers={**headers, "Range": "bytes=0-0"}, timeout=timeout)
+    if r.status_code in (404, 410):
+        return False
+    if r.status_code == 429 or r.status_code >= 500:
+        raise _Retryable(f"HTTP {r.status_code}", _retry_after(r))
+    if r.status_code >= 400:
+        raise PermanentSourceError(f"HTTP {r.status_code} {r.reason}")
+    return True
+
+
+def _with_retries(
+    once: Callable[[], T],
+    display_url: str,
+    secrets: list[str],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+) -> T:
+    """``once()`` with the retry policy: transient failures retried, permanent ones raised at once."""
     for attempt in range(policy.attempts):
         try:
-            if is_http:
-                size, _ = _http_once(url, dest, tuple(auth) if auth else None, headers, policy.timeout)
-            else:
-                size = _fsspec_once(url, dest, options)
-            return size
+            return once()
         except PermanentSourceError as e:
-            dest.unlink(missing_ok=True)
             raise PermanentSourceError(f"{display_url}: {scrub(str(e), secrets)}") from None
         except FileNotFoundError:
-            dest.unlink(missing_ok=True)
             raise PermanentSourceError(f"{display_url}: not found") from None
         except (_Retryable, requests.RequestException, OSError) as e:
-            dest.unlink(missing_ok=True)
             reason = scrub(f"{type(e).__name__}: {e}", secrets)
             if attempt + 1 == policy.attempts:
                 raise TransientSourceError(

@@ -118,10 +118,18 @@ def oisst_dataset(day: pd.Timestamp, nlat: int = 720, nlon: int = 1440) -> xr.Da
 class OisstReplica:
     """Makes (and keeps) daily files on request; use ``generate`` with :class:`SourceServer`."""
 
-    def __init__(self, directory: Path | None = None, nlat: int = 720, nlon: int = 1440):
+    def __init__(
+        self,
+        directory: Path | None = None,
+        nlat: int = 720,
+        nlon: int = 1440,
+        last_day: pd.Timestamp | None = None,
+    ):
         self.directory = Path(directory or Path(tempfile.gettempdir()) / "forge-oisst-replica")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.nlat, self.nlon = nlat, nlon
+        # The newest day "published" (later ones answer 404, like days NOAA has not released yet).
+        self.last_day = last_day
         self._lock = threading.Lock()
 
     def path_for(self, day: pd.Timestamp) -> Path:
@@ -144,6 +152,10 @@ class OisstReplica:
         if not m or m.group(3):
             return None
         day = pd.Timestamp(dt.datetime.strptime(m.group(2), "%Y%m%d"))
-        if m.group(1) != f"{day:%Y%m}" or day < FIRST_DAY:
+        if (
+            m.group(1) != f"{day:%Y%m}"
+            or day < FIRST_DAY
+            or (self.last_day is not None and day > self.last_day)
+        ):
             return None
         return self.path_for(day)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from forge.append import plan_append
-from forge.caching import cache_batch, plan_cache
+from forge.caching import cache_batch, plan_cache, source_probe
 from forge.recipe import XarrayZarrRecipe
 from forge.secrets import Lookup, env_lookup
 from forge.target import describe, finalize_target, prepare_target
@@ -16,9 +16,10 @@ def run_locally(
 ) -> dict:
     recipe = recipe.pruned(run.prune)
     if append:
-        run, new = plan_append(recipe, run)
+        run, new = plan_append(recipe, run, source_probe(recipe, run, lookup))
         if not new:
             return {**describe(run.target_url), "appended": 0}
+        recipe = recipe.pruned(run.prune)  # the append may stop at the source's frontier
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
     target, batches = prepare_target(recipe, run, summaries)
     for batch in batches:

@@ -59,6 +59,7 @@ class SourceServer:
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         self.delay, self.bytes_per_second = delay, bytes_per_second
         self.requests: Counter[str] = Counter()
+        self.methods: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.active = 0
         self.max_active = 0
@@ -90,6 +91,7 @@ class SourceServer:
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.methods.clear()
             self.statuses.clear()
             self.max_active = 0
 
@@ -146,6 +148,7 @@ class SourceServer:
                 path = unquote(parts.path)
                 with server._lock:
                     server.requests[path] += 1
+                    server.methods[self.command] += 1
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
                 self._in_flight = True

@@ -12,6 +12,7 @@ import xarray as xr
 from forge import ConcatDim, FilePattern, XarrayZarrRecipe
 from forge.append import AppendError, plan_append
 from forge.caching import cache_batch, plan_cache
+from forge.fetch import SourceError
 from forge.run import run_locally
 from forge.target import open_group, pending_marker, prepare_target
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
@@ -86,10 +87,10 @@ def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, day
     xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
 
 
-def _assert_refused_and_untouched(served, run, recipe, *expected: str) -> None:
+def _assert_refused_and_untouched(served, run, recipe, *expected: str, errors=AppendError) -> None:
     before = open_store(run.target_url).load()
     attrs = dict(open_group(run.target_url).attrs)
-    with pytest.raises(AppendError) as info:
+    with pytest.raises(errors) as info:
         run_locally(recipe, run, append=True)
     for text in expected:
         assert text in str(info.value), str(info.value)
@@ -114,6 +115,53 @@ def test_gap_at_the_source_is_reported_and_nothing_is_appended(served, run_spec,
     # Day 10 never arrived; the pattern lists what the source has.
     days = [*range(10), *range(11, 20)]
     _assert_refused_and_untouched(served, run, recipe_for(served, days), "gap", "all_0011.nc")
+
+
+def test_append_stops_at_the_sources_frontier_and_goes_on_when_files_land(served, run_spec, tmp_path):
+    """The pattern runs ahead of the source (dates up to "today"): append what is there, no more."""
+    ds = make_dataset(20, packed=True)
+    paths = write_inputs(ds, tmp_path / "later", 1)
+    root = Path(served.root)
+    for path in paths[:14]:  # the source has days 0-13 so far
+        path.rename(root / path.name)
+    run = run_spec()
+    recipe = recipe_for(served, list(range(200)))  # the calendar says 200 days
+    run_locally(recipe_for(served, list(range(10))), run)
+    out = run_locally(recipe, run, append=True)
+    assert out["appended"] == 4 and out["sizes"]["time"] == 14
+    again = run_locally(recipe, run, append=True)
+    assert again["appended"] == 0, "nothing new at the source: nothing appended"
+    assert served.statuses[404] < 30, "the frontier is found by a binary search, not by probing every day"
+
+    for path in paths[14:]:  # six more days land
+        path.rename(root / path.name)
+    out = run_locally(recipe, run, append=True)
+    assert out["appended"] == 6
+    assert_store_matches(out["url"], sorted(root.glob("all_*.nc")))
+    one_shot = run_locally(recipe_for(served, list(range(20))), run_spec(recipe_id="one-shot"))
+    xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
+
+
+def test_a_missing_file_at_the_source_is_a_gap_reported_before_any_fetch(served, run_spec, days20):
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    (Path(served.root) / "all_0012.nc").unlink()  # day 12 never arrived, 13-19 did
+    served.reset_counts()
+    _assert_refused_and_untouched(
+        served, run, recipe_for(served, list(range(20))), "gap at the source", "all_0012.nc", "all_0013.nc"
+    )
+    assert served.methods["HEAD"] > 0 and served.methods["GET"] == 0, "probed, nothing fetched"
+
+
+def test_catching_up_past_a_gap_fails_naming_the_missing_file(served, run_spec, days20):
+    """A long catch-up finds the frontier by binary search; a gap behind it fails the fetch (404)."""
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    for day in (12, 16, 17, 18, 19):  # the source has up to day 15, without day 12
+        (Path(served.root) / f"all_{day:04d}.nc").unlink()
+    _assert_refused_and_untouched(
+        served, run, recipe_for(served, list(range(200))), "all_0012.nc", errors=(AppendError, SourceError)
+    )
 
 
 def test_overlap_is_reported(served, run_spec, days20):

@@ -16,9 +16,10 @@ from tests.integration.helpers import free_port
 FORGE = Path(sys.executable).parent / "forge"
 
 
-def test_replica_command_serves_oisst_files_with_the_requested_delay(tmp_path):
+def test_replica_command_serves_oisst_files_with_the_requested_delay_up_to_the_last_day(tmp_path):
     port = free_port()
     command = [str(FORGE), "replica", "--port", str(port), "--dir", str(tmp_path), "--delay", "0.5"]
+    command += ["--last-day", "1981-09-02"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         banner = server.stdout.readline()
@@ -30,6 +31,34 @@ def test_replica_command_serves_oisst_files_with_the_requested_delay(tmp_path):
         elapsed = time.perf_counter() - t0
         assert response.status_code == 200 and response.content[:4] == b"\x89HDF"
         assert elapsed >= 0.5, f"--delay 0.5 was not applied ({elapsed:.2f}s)"
+        unreleased = oisst_url(pd.Timestamp("1981-09-03"), root=f"http://127.0.0.1:{port}/")
+        assert httpx.head(unreleased, timeout=60).status_code == 404, "--last-day: later days not served"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_append_dry_run_from_the_command_line_lists_what_the_source_has(tmp_path):
+    """`forge run --append --dry-run` asks the source (the replica), needs no Prefect, writes nothing."""
+    from forge.loading import load_recipe
+    from forge.replica import OisstReplica
+    from forge.run import run_locally
+    from forge.sourceserver import SourceServer
+    from forge.types import RunSpec
+
+    replica_dir, target = tmp_path / "replica", tmp_path / "target"
+    with SourceServer(generate=OisstReplica(replica_dir).generate) as source:
+        run = RunSpec("noaa-oisst", "noaa-oisst", str(target), str(tmp_path / "cache"), 2)
+        run = RunSpec(
+            **{**run.__dict__, "url_rewrites": ((OISST_ROOT.split("/data/")[0] + "/", source.url + "/"),)}
+        )
+        run_locally(load_recipe("noaa-oisst").pruned(2), run)
+    before = sorted(p.name for p in target.rglob("*"))
+    command = [str(FORGE), "run", "noaa-oisst", "--prune", "4", "--append", "--dry-run", "--local-replica"]
+    command += ["--replica-dir", str(replica_dir), "--target-root", str(target)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "would append 2 inputs" in out.stdout, out.stdout
+    assert "19810903.nc" in out.stdout and "19810904.nc" in out.stdout
+    assert "Prefect API" not in out.stdout, "answered without starting Prefect"
+    assert sorted(p.name for p in target.rglob("*")) == before

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import socket
+import subprocess
+import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+import httpx
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 SOURCE = "https://data.example.org/archive"
+ROOT = Path(__file__).parents[2]
+BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -63,3 +74,77 @@ def logs(flow_run_id: UUID) -> str:
     with get_client(sync_client=True) as client:
         found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
     return "\n".join(log.message for log in found)
+
+
+def forge(*args: str, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(BIN / "forge"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def run_deployment(name: str, params: dict, env: dict) -> dict:
+    """`prefect deployment run NAME --params ...`, then wait for the flow run's end; its final API record."""
+    run = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+    return wait_for_flow_run(env["PREFECT_API_URL"], flow_run_id)
+
+
+def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
+    """The flow run's API record once it reached a final state."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        record = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
+        if record["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return record
+        time.sleep(2)
+    pytest.fail(f"flow run {flow_run_id} did not finish: {record['state']}")
+
+
+@contextlib.contextmanager
+def process_worker(env: dict, log_path: Path) -> Iterator[subprocess.Popen]:
+    """`prefect worker start --pool bakery-local`, stopped at the end."""
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "bakery-local"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield worker
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def stage_names(api: str, flow_run_id: str) -> tuple[set[str], list[dict]]:
+    tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+    names = {
+        t["name"].split("-")[0] if t["name"].startswith(("cache-", "store-")) else t["name"].rsplit("-", 1)[0]
+        for t in tasks
+    }
+    return names, tasks
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, log_path: Path, what: str, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200; on timeout kill ``proc`` and fail with the end of its log."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"{what} did not start: " + log_path.read_text()[-2000:])

@@ -352,5 +352,7 @@ module "in_cluster" {
   work_pool                   = "bakery-aws"
   prefect_api_url             = var.prefect_api_url
   prefect_api_key_secret      = var.prefect_api_key_secret
+  image                       = var.image
+  receiver_token              = var.trigger_secret
   depends_on                  = [aws_eks_node_group.system]
 }

@@ -96,5 +96,5 @@ variable "trigger_secret" {
 variable "image" {
   type        = string
   description = "Container image of flow and Dask pods (built from the repository's Dockerfile)."
-  default     = "ghcr.io/forge-recipes/forge:latest"
+  default     = "ghcr.io/forge-recipes/forge:0.1.0"
 }

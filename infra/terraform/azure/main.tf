@@ -227,5 +227,7 @@ module "in_cluster" {
   work_pool                   = "bakery-azure"
   prefect_api_url             = var.prefect_api_url
   prefect_api_key_secret      = var.prefect_api_key_secret
+  image                       = var.image
+  receiver_token              = var.trigger_secret
   depends_on                  = [azurerm_kubernetes_cluster.bakery]
 }

@@ -344,5 +344,11 @@ module "in_cluster" {
   work_pool                   = "bakery-gcp"
   prefect_api_url             = var.prefect_api_url
   prefect_api_key_secret      = var.prefect_api_key_secret
-  depends_on                  = [google_container_node_pool.system]
+  image                       = var.image
+  receiver_token              = "" # Pub/Sub authenticates with an OIDC token instead
+  receiver_oidc = {
+    FORGE_RECEIVER_OIDC_AUDIENCE = var.trigger_audience
+    FORGE_RECEIVER_OIDC_EMAIL    = google_service_account.pusher.email
+  }
+  depends_on = [google_container_node_pool.system]
 }

@@ -85,5 +85,5 @@ variable "trigger_audience" {
 variable "image" {
   type        = string
   description = "Container image of flow and Dask pods (built from the repository's Dockerfile)."
-  default     = "ghcr.io/forge-recipes/forge:latest"
+  default     = "ghcr.io/forge-recipes/forge:0.1.0"
 }

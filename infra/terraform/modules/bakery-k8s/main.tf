@@ -88,3 +88,142 @@ resource "helm_release" "prefect_worker" {
     }
   })]
 }
+
+# `forge receiver`: the clouds' new-object notifications in, Prefect events out (which run the recipes'
+# append deployments). The Service is cluster-internal: publish it at `trigger_endpoint` through the
+# cluster's HTTPS ingress. The shared secret goes into a Kubernetes secret, never into the pod spec.
+resource "kubernetes_secret" "receiver_token" {
+  # Whether it is set is not secret; its value stays sensitive.
+  count = nonsensitive(var.receiver_token != "") ? 1 : 0
+  metadata {
+    name      = "forge-receiver-token"
+    namespace = kubernetes_namespace.forge.metadata[0].name
+  }
+  data = { token = var.receiver_token }
+}
+
+resource "kubernetes_deployment" "receiver" {
+  # checkov:skip=CKV_K8S_43:The image is pinned by a version tag through var.image, like the flow and Dask pods.
+  metadata {
+    name      = "forge-receiver"
+    namespace = kubernetes_namespace.forge.metadata[0].name
+    labels    = { "app.kubernetes.io/name" = "forge-receiver" }
+  }
+  spec {
+    replicas = 1 # bursts coalesce in one process: a second replica would split them
+    selector {
+      match_labels = { "app.kubernetes.io/name" = "forge-receiver" }
+    }
+    template {
+      metadata {
+        labels = { "app.kubernetes.io/name" = "forge-receiver" }
+      }
+      spec {
+        automount_service_account_token = false
+        node_selector                   = var.system_node_selector
+        security_context {
+          run_as_non_root = true
+          run_as_user     = 1000 # the image's forge user
+          seccomp_profile {
+            type = "RuntimeDefault"
+          }
+        }
+        volume {
+          name = "tmp"
+          empty_dir {
+            size_limit = "64Mi"
+          }
+        }
+        container {
+          name              = "receiver"
+          image             = var.image
+          image_pull_policy = "Always"
+          command           = ["forge", "receiver", "--host", "0.0.0.0", "--port", "8787", "--window", tostring(var.receiver_window_seconds)]
+          port {
+            container_port = 8787
+          }
+          env {
+            name  = "PREFECT_API_URL"
+            value = var.prefect_api_url
+          }
+          env {
+            name  = "PREFECT_HOME" # the root filesystem is read-only
+            value = "/tmp/prefect"
+          }
+          dynamic "env" {
+            for_each = var.prefect_api_key_secret == "" ? [] : [var.prefect_api_key_secret]
+            content {
+              name = "PREFECT_API_KEY"
+              value_from {
+                secret_key_ref {
+                  name = env.value
+                  key  = "key"
+                }
+              }
+            }
+          }
+          dynamic "env" {
+            for_each = kubernetes_secret.receiver_token
+            content {
+              name = "FORGE_RECEIVER_TOKEN"
+              value_from {
+                secret_key_ref {
+                  name = env.value.metadata[0].name
+                  key  = "token"
+                }
+              }
+            }
+          }
+          dynamic "env" {
+            for_each = var.receiver_oidc
+            content {
+              name  = env.key
+              value = env.value
+            }
+          }
+          resources {
+            requests = { cpu = "100m", memory = "256Mi" }
+            limits   = { cpu = "1", memory = "512Mi" }
+          }
+          security_context {
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
+            capabilities {
+              drop = ["ALL"]
+            }
+          }
+          volume_mount {
+            name       = "tmp"
+            mount_path = "/tmp"
+          }
+          liveness_probe {
+            http_get {
+              path = "/healthz"
+              port = 8787
+            }
+          }
+          readiness_probe {
+            http_get {
+              path = "/healthz"
+              port = 8787
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+resource "kubernetes_service" "receiver" {
+  metadata {
+    name      = "forge-receiver"
+    namespace = kubernetes_namespace.forge.metadata[0].name
+  }
+  spec {
+    selector = { "app.kubernetes.io/name" = "forge-receiver" }
+    port {
+      port        = 80
+      target_port = 8787
+    }
+  }
+}

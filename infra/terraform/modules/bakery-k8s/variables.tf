@@ -53,3 +53,26 @@ variable "system_node_selector" {
   description = "Node labels of the system pool, where the worker and the operator run."
   default     = { "forge.dev/pool" = "system" }
 }
+
+variable "image" {
+  type        = string
+  description = "Container image with the forge command (built from the repository's Dockerfile)."
+}
+
+variable "receiver_token" {
+  type        = string
+  description = "The X-Forge-Token shared secret the receiver checks (AWS, Azure); \"\" where pushes carry an OIDC token (GCP)."
+  sensitive   = true
+}
+
+variable "receiver_oidc" {
+  type        = map(string)
+  description = "FORGE_RECEIVER_OIDC_AUDIENCE and FORGE_RECEIVER_OIDC_EMAIL where Pub/Sub pushes with an OIDC token (GCP)."
+  default     = {}
+}
+
+variable "receiver_window_seconds" {
+  type        = number
+  description = "Seconds the receiver gathers a burst of new files into one append run."
+  default     = 30
+}

@@ -1,0 +1,338 @@
+"""The receiver on its own: notification formats, authentication, routing and coalescing.
+
+The end-to-end path (receiver -> Prefect event -> automation -> append run) is in
+tests/integration/test_triggers_run.py; here the emit step is recorded instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from fastapi.testclient import TestClient
+from google.auth import crypt, jwt
+
+from flows.receiver import Authenticator, create_app, load_rules
+from forge.notifications import NotificationError, ObjectCreated, parse_notification
+from forge.sourceserver import SourceServer
+from forge.triggers import Coalescer, OidcCheck, TriggerConfigError, TriggerRule, route, rules_from_meta
+
+TOKEN = "s3cr3t-token-value"
+KEY = "noaa-oisst/202409/oisst-avhrr-v02r01.20240901.nc"
+
+
+def s3_record(key: str, bucket: str = "landing", name: str = "ObjectCreated:Put") -> dict:
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": name,
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1}},
+    }
+
+
+def sqs_delivery(*keys: str) -> dict:
+    """S3 -> SQS, as Lambda's SQS event source (and our docs' forwarder) delivers it."""
+    return {
+        "Records": [
+            {"messageId": f"m{i}", "eventSource": "aws:sqs", "body": json.dumps({"Records": [s3_record(k)]})}
+            for i, k in enumerate(keys)
+        ]
+    }
+
+
+def eventbridge(key: str, bucket: str = "landing") -> dict:
+    return {
+        "version": "0",
+        "source": "aws.s3",
+        "detail-type": "Object Created",
+        "detail": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1}},
+    }
+
+
+def pubsub(key: str, bucket: str = "landing", event_type: str = "OBJECT_FINALIZE") -> dict:
+    data = base64.b64encode(json.dumps({"name": key, "bucket": bucket}).encode()).decode()
+    attributes = {
+        "bucketId": bucket,
+        "objectId": key,
+        "eventType": event_type,
+        "payloadFormat": "JSON_API_V1",
+    }
+    return {
+        "message": {"attributes": attributes, "data": data, "messageId": "1"},
+        "subscription": "projects/p/s",
+    }
+
+
+def event_grid(*keys: str, container: str = "landing") -> list[dict]:
+    return [
+        {
+            "id": f"e{i}",
+            "topic": "/subscriptions/x/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/acct",
+            "subject": f"/blobServices/default/containers/{container}/blobs/{key}",
+            "eventType": "Microsoft.Storage.BlobCreated",
+            "data": {"api": "PutBlob", "url": f"https://acct.blob.core.windows.net/{container}/{key}"},
+            "dataVersion": "",
+            "metadataVersion": "1",
+            "eventTime": "2026-11-22T06:00:00Z",
+        }
+        for i, key in enumerate(keys)
+    ]
+
+
+VALIDATION = [
+    {
+        "id": "v1",
+        "topic": "/subscriptions/x",
+        "subject": "",
+        "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"},
+        "dataVersion": "2",
+        "metadataVersion": "1",
+        "eventTime": "2026-11-22T06:00:00Z",
+    }
+]
+
+
+def objects(doc) -> list[str]:
+    return [o.url for o in parse_notification(json.dumps(doc).encode()).objects]
+
+
+# --------------------------------------------------------------------------------------- formats
+
+
+def test_every_cloud_format_reads_as_the_object_created():
+    assert objects({"Records": [s3_record("a/b%2Bc+d.nc")]}) == ["s3://landing/a/b+c d.nc"]
+    assert objects(sqs_delivery(KEY, KEY)) == [f"s3://landing/{KEY}"]  # duplicate deliveries merge
+    sns = {"Type": "Notification", "Message": json.dumps({"Records": [s3_record(KEY)]})}
+    assert objects(sns) == [f"s3://landing/{KEY}"]
+    pipes = [{"messageId": "1", "body": json.dumps(eventbridge(KEY))}]  # EventBridge Pipes from SQS
+    assert objects(pipes) == [f"s3://landing/{KEY}"]
+    assert objects(eventbridge(KEY)) == [f"s3://landing/{KEY}"]
+    assert objects(pubsub(KEY)) == [f"gs://landing/{KEY}"]
+    assert objects(event_grid(KEY, "b.nc")) == [f"az://landing/{KEY}", "az://landing/b.nc"]
+    cloudevent = {"specversion": "1.0", "type": "Microsoft.Storage.BlobCreated", **event_grid(KEY)[0]}
+    assert objects(cloudevent) == [f"az://landing/{KEY}"]
+    assert (
+        parse_notification(json.dumps(VALIDATION).encode()).validation_code
+        == VALIDATION[0]["data"]["validationCode"]
+    )
+
+
+def test_deletions_and_test_events_are_ignored_not_errors():
+    note = parse_notification(json.dumps({"Records": [s3_record(KEY, name="ObjectRemoved:Delete")]}).encode())
+    assert note.objects == () and note.ignored == 1
+    assert parse_notification(json.dumps(pubsub(KEY, event_type="OBJECT_DELETE")).encode()).ignored == 1
+    assert parse_notification(json.dumps({"Event": "s3:TestEvent", "Bucket": "b"}).encode()).ignored == 1
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "empty list"),
+        (b'{"hello": 1}', "not a storage notification"),
+        (
+            json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}).encode(),
+            "s3",
+        ),
+        (json.dumps({"message": {"attributes": {}}, "subscription": "s"}).encode(), "bucketId"),
+        (json.dumps([{**VALIDATION[0], "data": {}}]).encode(), "validationCode"),
+        (json.dumps([{**event_grid(KEY)[0], "subject": "/nope", "data": {}}]).encode(), "subject"),
+    ],
+)
+def test_malformed_notifications_say_what_is_wrong(body, words):
+    with pytest.raises(NotificationError, match=words):
+        parse_notification(body)
+
+
+# --------------------------------------------------------------------------------------- routing
+
+
+def test_rules_from_meta_and_routing():
+    rules = rules_from_meta("oisst", {"update": {"trigger": {"prefix": "noaa-oisst/", "suffix": ".nc"}}})
+    rules += rules_from_meta("other", {"update": {"trigger": [{"prefix": "", "bucket": "elsewhere"}]}})
+    assert rules_from_meta("none", {"update": {"schedule": {"cron": "0 6 * * *"}}}) == []
+    found = route(
+        [
+            ObjectCreated("s3", "landing", KEY),
+            ObjectCreated("s3", "landing", "noaa-oisst/readme.txt"),  # wrong suffix
+            ObjectCreated("gcs", "elsewhere", KEY),  # both rules
+            ObjectCreated("azure", "landing", "imerg/x.nc"),  # no rule
+        ],
+        rules,
+    )
+    assert {k: [o.url for o in v] for k, v in found.items()} == {
+        "oisst": [f"s3://landing/{KEY}", f"gs://elsewhere/{KEY}"],
+        "other": [f"gs://elsewhere/{KEY}"],
+    }
+    with pytest.raises(TriggerConfigError, match="needs a prefix"):
+        rules_from_meta("bad", {"update": {"trigger": {"bucket": "b"}}})
+    with pytest.raises(TriggerConfigError, match="unknown fields"):
+        rules_from_meta("bad", {"update": {"trigger": {"prefix": "", "regex": ".*"}}})
+
+
+def test_the_committed_recipes_rules_load():
+    assert TriggerRule("noaa-oisst", "noaa-oisst/", None, ".nc") in load_rules()
+
+
+def test_coalescer_releases_one_batch_per_recipe_per_window():
+    now = [0.0]
+    c = Coalescer(window=10, clock=lambda: now[0])
+    a, b = ObjectCreated("s3", "l", "a"), ObjectCreated("s3", "l", "b")
+    c.add("r", [a])
+    now[0] = 5
+    c.add("r", [b, a])  # joins the open batch; the window does not restart
+    c.add("q", [a])
+    assert c.take_due() == []
+    now[0] = 10
+    assert c.take_due() == [("r", [a, b])]
+    assert c.take_due(everything=True) == [("q", [a])]
+    assert c.take_due(everything=True) == []
+
+
+# --------------------------------------------------------------------------------------- the service
+
+
+@pytest.fixture
+def receiver():
+    """The app with a recorded emit step and a 0.3 s window."""
+    emitted: list[tuple[str, list[str]]] = []
+
+    async def emit(recipe_id, objs):
+        emitted.append((recipe_id, [o.url for o in objs]))
+
+    rules = [TriggerRule("noaa-oisst", "noaa-oisst/", None, ".nc")]
+    app = create_app(rules, Authenticator(TOKEN, None), emit=emit, window=0.3)
+    with TestClient(app) as client:
+        yield client, emitted
+
+
+def wait_for(emitted: list, n: int) -> None:
+    deadline = time.time() + 10
+    while len(emitted) < n and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_burst_of_notifications_becomes_one_event(receiver):
+    client, emitted = receiver
+    auth = {"X-Forge-Token": TOKEN}
+    keys = [f"noaa-oisst/202409/oisst-avhrr-v02r01.202409{d:02d}.nc" for d in range(1, 21)]
+    for key in keys:
+        r = client.post("/", json=eventbridge(key), headers=auth)
+        assert r.status_code == 202 and r.json()["recipes"] == ["noaa-oisst"]
+    r = client.post("/", json=event_grid(*keys[:3]), headers=auth)  # the same files again, from Azure
+    assert r.status_code == 202
+    r = client.post("/", json=event_grid("imerg/x.nc"), headers=auth)
+    assert r.status_code == 202 and r.json() == {"recipes": [], "objects": 1, "unmatched": 1, "ignored": 0}
+    wait_for(emitted, 1)
+    time.sleep(0.5)
+    [(recipe_id, urls)] = emitted
+    assert recipe_id == "noaa-oisst"
+    assert urls == [f"s3://landing/{k}" for k in keys] + [f"az://landing/{k}" for k in keys[:3]]
+
+
+def test_unauthenticated_or_malformed_notifications_get_4xx_and_no_event(receiver):
+    client, emitted = receiver
+    assert client.post("/", json=eventbridge(KEY)).status_code == 401
+    assert client.post("/", json=eventbridge(KEY), headers={"X-Forge-Token": "wrong"}).status_code == 401
+    assert (
+        client.post("/", json=eventbridge(KEY), headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+    )
+    assert client.post("/", content=b"{", headers={"X-Forge-Token": TOKEN}).status_code == 400
+    assert client.post("/", content=b"{", headers={}).status_code == 401
+    r = client.post("/", json={"what": 1}, headers={"X-Forge-Token": TOKEN})
+    assert r.status_code == 400 and "not a storage notification" in r.json()["detail"]
+    big = b" " * (1 << 20) + b"{}"
+    assert client.post("/", content=big, headers={"X-Forge-Token": TOKEN}).status_code == 413
+    assert TOKEN not in r.text
+    time.sleep(0.6)
+    assert emitted == []
+
+
+def test_event_grid_handshakes(receiver):
+    client, emitted = receiver
+    code = VALIDATION[0]["data"]["validationCode"]
+    for headers in ({"X-Forge-Token": TOKEN}, {}):  # with or without the delivery header
+        r = client.post("/", json=VALIDATION, headers={"aeg-event-type": "SubscriptionValidation", **headers})
+        assert r.status_code == 200 and r.json() == {"validationResponse": code}
+    assert client.post("/", json=VALIDATION, headers={"X-Forge-Token": "wrong"}).status_code == 401
+    r = client.options("/", headers={"WebHook-Request-Origin": "eventgrid.azure.net"})
+    assert r.status_code == 200 and r.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    assert emitted == []
+
+
+def test_receiver_refuses_to_start_without_a_secret(monkeypatch):
+    for name in ("FORGE_RECEIVER_TOKEN", "FORGE_RECEIVER_OIDC_AUDIENCE", "FORGE_RECEIVER_OIDC_EMAIL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="FORGE_RECEIVER_TOKEN"):
+        Authenticator.from_env()
+
+
+# --------------------------------------------------------------------------------------- Pub/Sub OIDC
+
+PUSHER = "forge-push@project.iam.gserviceaccount.com"
+
+
+@pytest.fixture(scope="module")
+def google_like_issuer():
+    """An RSA key and its certificate served the way Google serves its OIDC certs (kid -> PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-issuer")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    certs = json.dumps({"kid1": cert.public_bytes(serialization.Encoding.PEM).decode()}).encode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    signer = crypt.RSASigner.from_string(pem, key_id="kid1")
+
+    def token(**claims) -> str:
+        t = int(time.time())
+        base = {"iss": "https://accounts.google.com", "aud": "forge-receiver", "iat": t, "exp": t + 600}
+        base |= {"email": PUSHER, "email_verified": True, "sub": "1"}
+        return jwt.encode(signer, base | claims).decode()
+
+    with SourceServer(generate=lambda path: certs if path == "/certs" else None) as server:
+        yield server.url + "/certs", token
+
+
+def test_pubsub_push_with_a_google_signed_token(google_like_issuer):
+    certs_url, token = google_like_issuer
+    emitted: list = []
+
+    async def emit(recipe_id, objs):
+        emitted.append(recipe_id)
+
+    check = OidcCheck("forge-receiver", PUSHER, certs_url)
+    app = create_app([TriggerRule("noaa-oisst", "noaa-oisst/")], Authenticator(None, check), emit, window=0.1)
+    with TestClient(app) as client:
+
+        def post(tok: str) -> int:
+            return client.post("/", json=pubsub(KEY), headers={"Authorization": f"Bearer {tok}"}).status_code
+
+        assert post(token(aud="someone-else")) == 401
+        assert post(token(email="intruder@example.com")) == 401
+        assert post(token(iss="https://evil.example.com")) == 401
+        assert post(token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200)) == 401
+        assert post(token()[:-4] + "AAAA") == 401  # signature broken
+        assert client.post("/", json=pubsub(KEY), headers={"X-Forge-Token": TOKEN}).status_code == 401
+        assert emitted == []
+        assert post(token()) == 202
+        wait_for(emitted, 1)
+    assert emitted == ["noaa-oisst"]
