@@ -39,13 +39,26 @@ def _files(replica_dir: Path, days: int) -> list[Path]:
     return [replica.path_for(d) for d in pd.date_range("1981-09-01", periods=days, freq="D")]
 
 
-def _floor_chunk(args: tuple[list[str], str]) -> int:
+def _numcodecs(codec: str):
+    """The same codec as ``_zarr_codecs(codec)``, for the floor's raw encoding."""
+    from numcodecs import Blosc, Zstd
+
+    return Zstd(level=0) if codec == "zstd" else Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+
+
+def _zarr_codecs(codec: str) -> tuple | None:
+    """Zarr's default (zstd level 0) or blosc-lz4 with byte shuffle, the fastest sensible alternative."""
+    from zarr.codecs import BloscCodec
+
+    return None if codec == "zstd" else (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+
+
+def _floor_chunk(args: tuple[list[str], str, str]) -> int:
     import netCDF4
     import numpy as np
-    from numcodecs import Zstd
 
-    paths, out = args
-    codec = Zstd(level=0)
+    paths, out, codec_name = args
+    codec = _numcodecs(codec_name)
     written = 0
     for var in VARIABLES:
         parts = []
@@ -61,17 +74,17 @@ def _floor_chunk(args: tuple[list[str], str]) -> int:
     return written
 
 
-def floor(files: list[Path], out: Path, workers: int) -> dict:
+def floor(files: list[Path], out: Path, workers: int, codec: str) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     groups = [[str(p) for p in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
-        nbytes = sum(pool.map(_floor_chunk, [(g, str(out)) for g in groups]))
+        nbytes = sum(pool.map(_floor_chunk, [(g, str(out), codec) for g in groups]))
     return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
 
 
-def xarray_dask(files: list[Path], out: Path, workers: int) -> dict:
+def xarray_dask(files: list[Path], out: Path, workers: int, codec: str) -> dict:
     import xarray as xr
     from distributed import Client, LocalCluster
 
@@ -91,12 +104,14 @@ def xarray_dask(files: list[Path], out: Path, workers: int) -> dict:
             coords="minimal",
             compat="override",
         )
-        ds.chunk({"time": CHUNK}).to_zarr(out, mode="w", consolidated=True)
+        compressors = _zarr_codecs(codec)
+        encoding = {v: {"compressors": compressors} for v in VARIABLES} if compressors else None
+        ds.chunk({"time": CHUNK}).to_zarr(out, mode="w", consolidated=True, encoding=encoding)
         seconds = time.perf_counter() - t0
     return {"seconds": seconds}
 
 
-def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path) -> dict:
+def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path, codec: str) -> dict:
     os.environ["FORGE_DASK_WORKERS"] = str(workers)
     sys.path.insert(0, str(ROOT))
     from flows.cli import local_replica, prefect_api, quiet_prefect_env
@@ -107,9 +122,19 @@ def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path) ->
         t_api = time.perf_counter() - t_start
         from flows.recipe import recipe
 
+        # The committed recipe, with the codec under test.
+        recipe_file = out / "oisst_with_codec.py"
+        recipe_file.parent.mkdir(parents=True, exist_ok=True)
+        recipe_file.write_text(
+            "import dataclasses, importlib.util, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from throughput import _zarr_codecs\n"
+            "from forge.loading import load_recipe\n"
+            f"recipe = dataclasses.replace(load_recipe('noaa-oisst'), compressors=_zarr_codecs({codec!r}))\n"
+        )
         t0 = time.perf_counter()
         summary = recipe(
-            recipe="noaa-oisst",
+            recipe=str(recipe_file),
             target_root=str(out),
             cache_root=str(out / "cache"),
             prune=len(files),
@@ -124,22 +149,43 @@ def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path) ->
     }
 
 
-def child(method: str, days: int, workers: int, work: Path, replica_dir: Path) -> None:
+def child(method: str, days: int, workers: int, work: Path, replica_dir: Path, codec: str) -> None:
     files = _files(replica_dir, days)
     out = work / method
     shutil.rmtree(out, ignore_errors=True)
     if method == "floor":
-        result = floor(files, out, workers)
+        result = floor(files, out, workers, codec)
     elif method == "xarray_dask":
-        result = xarray_dask(files, out / "store.zarr", workers)
+        result = xarray_dask(files, out / "store.zarr", workers, codec)
     else:
-        result = forge_flow(files, out, workers, replica_dir)
+        result = forge_flow(files, out, workers, replica_dir, codec)
     peak = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     )
     result["peak_rss_mb"] = peak / 1024
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(method: str, days: int, args: argparse.Namespace) -> dict | None:
+    """One method in its own process (so its peak memory is its own); its RESULT line."""
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        method,
+        "--days",
+        str(days),
+        "--workers",
+        str(args.workers),
+    ]
+    command += ["--work", str(args.work), "--codec", args.codec]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        print(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return None
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -150,41 +196,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "forge-bench")
     parser.add_argument("--methods", default="floor,xarray_dask,forge")
+    parser.add_argument("--codec", choices=("zstd", "lz4"), default="zstd", help="zstd: Zarr's default")
+    parser.add_argument(
+        "--baseline-days",
+        type=int,
+        help="also run floor and forge on this many days: per-input cost = difference / extra days",
+    )
     parser.add_argument("--child")
     args = parser.parse_args()
     replica_dir = args.work / "replica"
     if args.child:
-        return child(args.child, args.days, args.workers, args.work, replica_dir)
+        return child(args.child, args.days, args.workers, args.work, replica_dir, args.codec)
     files = _files(replica_dir, args.days)  # generate the inputs once, outside the timings
     raw_mb = args.days * len(VARIABLES) * 720 * 1440 * 2 / 1e6
     compressed_mb = sum(p.stat().st_size for p in files) / 1e6
-    results = {}
-    for method in args.methods.split(","):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                method,
-                "--days",
-                str(args.days),
-                "--workers",
-                str(args.workers),
-                "--work",
-                str(args.work),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            continue
-        results[method] = json.loads(line[len("RESULT ") :])
+    results = {m: r for m in args.methods.split(",") if (r := run_child(m, args.days, args))}
+    baseline = {}
+    if args.baseline_days:
+        baseline = {m: r for m in ("floor", "forge") if (r := run_child(m, args.baseline_days, args))}
     print(
         f"\n{args.days} OISST-format days: {compressed_mb:.0f} MB compressed, {raw_mb:.0f} MB packed int16; "
-        f"{args.workers} workers on {os.cpu_count()} cores; {platform.platform()}; "
+        f"codec {args.codec}; {args.workers} workers on {os.cpu_count()} cores; {platform.platform()}; "
         f"Python {platform.python_version()}"
     )
     floor_s = results.get("floor", {}).get("seconds")
@@ -203,6 +235,21 @@ def main() -> None:
         print(
             f"forge fixed start-up: Prefect server {f['server_start']:.1f}s; "
             f"cache+prepare (incl. Dask cluster) {f['cache_prepare_seconds']:.1f}s"
+        )
+    if {"floor", "forge"} <= baseline.keys() and {"floor", "forge"} <= results.keys():
+        extra = args.days - args.baseline_days
+        per_input = {m: (results[m]["seconds"] - baseline[m]["seconds"]) / extra for m in ("floor", "forge")}
+        floor_ms, forge_ms = per_input["floor"] * 1000, per_input["forge"] * 1000
+        # The whole recipe's fixed cost: what a run would take with no inputs at all.
+        fixed = (
+            results["forge"]["server_start"]
+            + baseline["forge"]["seconds"]
+            - per_input["forge"] * args.baseline_days
+        )
+        print(
+            f"per input ({args.days} vs {args.baseline_days} days): floor {floor_ms:.0f} ms, forge whole "
+            f"recipe {forge_ms:.0f} ms = {forge_ms / floor_ms:.2f}x floor; "
+            f"forge fixed start-up (server + flow at zero inputs) {fixed:.1f}s"
         )
 
 

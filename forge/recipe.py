@@ -41,6 +41,9 @@ class XarrayZarrRecipe:
         Simultaneous requests to one source server, across all workers.
     cache_batch_size, max_write_batches
         Bounds that keep the number of Prefect task runs proportional to batches, not inputs or chunks.
+    compressors
+        Zarr codecs for the data variables, e.g. ``(zarr.codecs.BloscCodec(cname="lz4"),)``; None keeps
+        Zarr's default (zstd level 0, which benchmarks/throughput.py compares with the alternatives).
     """
 
     pattern: FilePattern
@@ -53,6 +56,7 @@ class XarrayZarrRecipe:
     max_concurrency_per_host: int = 4
     cache_batch_size: int = 250
     max_write_batches: int = 32
+    compressors: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):

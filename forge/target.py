@@ -130,6 +130,8 @@ def _template_dataset(
         elif v.along_concat:
             var = xr.Variable(v.dims, dask.array.zeros(v.shape, dtype=v.dtype, chunks=chunks), attrs=v.attrs)
             encoding = dict(v.encoding)
+            if recipe.compressors is not None and not v.is_coord:
+                encoding["compressors"] = tuple(recipe.compressors)
         else:
             var = variables[v.name]
             var.attrs = dict(v.attrs)

@@ -109,6 +109,20 @@ def test_zarr_format_2(served, run_spec):
     assert (Path(out["url"]) / ".zmetadata").exists()
 
 
+def test_compressors_apply_to_data_variables(served, run_spec):
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    paths = write_inputs(make_dataset(6, packed=True), Path(served.root), 1)
+    lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    recipe = XarrayZarrRecipe(concat_pattern(served, 6), target_chunks={"time": 3}, compressors=(lz4,))
+    out = run_locally(recipe, run_spec())
+    assert_store_matches(out["url"], paths)
+    group = zarr.open_group(out["url"], mode="r")
+    assert [c.cname.value for c in group["tas"].compressors] == ["lz4"]
+    assert type(group["time"].compressors[0]).__name__ == "ZstdCodec", "coordinates keep the default"
+
+
 def test_target_chunks_on_other_dimensions(served, run_spec):
     ds = make_dataset(6, nlat=5, nlon=7)
     paths = write_inputs(ds, Path(served.root), 3)

@@ -86,6 +86,11 @@ def forge(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 def run_deployment(name: str, params: dict, env: dict) -> dict:
     """`prefect deployment run NAME --params ...`, then wait for the flow run's end; its final API record."""
+    return wait_for_flow_run(env["PREFECT_API_URL"], start_deployment(name, params, env))
+
+
+def start_deployment(name: str, params: dict, env: dict) -> str:
+    """`prefect deployment run` without waiting; the flow run's id."""
     run = subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params)],
         cwd=ROOT,
@@ -95,8 +100,7 @@ def run_deployment(name: str, params: dict, env: dict) -> dict:
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
-    return wait_for_flow_run(env["PREFECT_API_URL"], flow_run_id)
+    return re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
 
 
 def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:

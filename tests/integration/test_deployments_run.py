@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import psutil
 import xarray as xr
 
 from flows.cli import local_replica
 from forge.replica import OISST_ROOT
 from forge.testing import assert_store_matches
-from tests.integration.helpers import forge, process_worker, run_deployment, stage_names
+from tests.integration.helpers import (
+    forge,
+    process_worker,
+    run_deployment,
+    stage_names,
+    start_deployment,
+    wait_for_flow_run,
+)
 
 
 def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(server_env, tmp_path):
@@ -24,33 +34,70 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
     assert schedule["schedule"]["cron"] == "0 6 * * *" and schedule["schedule"]["timezone"] == "UTC"
     assert schedule["active"] is True  # pausable in the UI
     store = tmp_path / "data" / "target" / "noaa-oisst.zarr"
-    replica = tmp_path / "replica" / "720x1440"
-    with process_worker(env, tmp_path / "worker.log"), local_replica(str(tmp_path / "replica")) as url:
+    replica_dir = tmp_path / "replica"
+    one_shot_root = tmp_path / "one-shot"
+    with process_worker(env, tmp_path / "worker.log") as worker, local_replica(str(replica_dir)) as url:
         rewrites = {OISST_ROOT.split("/data/")[0] + "/": url + "/"}
-        record = run_deployment("recipe/noaa-oisst", {"prune": 3, "url_rewrites": rewrites}, env)
+        record = run_deployment("recipe/noaa-oisst", {"prune": 10, "url_rewrites": rewrites}, env)
         assert record["state"]["type"] == "COMPLETED", record["state"]
         names, tasks = stage_names(api, record["id"])
-        stages = {
-            "plan-cache",
-            "limit-source-hosts",
-            "cache",
-            "prepare-target",
-            "store",
-            "finalize-target",
-        }
+        stages = {"plan-cache", "limit-source-hosts", "cache", "prepare-target", "store", "finalize-target"}
         assert stages <= names
         assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
-        assert_store_matches(str(store), sorted(replica.rglob("*.nc")))
+        assert_store_matches(str(store), sorted(replica_dir.rglob("*.nc")))
 
-        # The append deployment adds the two days beyond the store, then finds nothing new.
-        params = {"prune": 5, "url_rewrites": rewrites}
+        # The reference: one build of all 30 days, into another root.
+        params = {"prune": 30, "url_rewrites": rewrites, "target_root": str(one_shot_root)}
+        assert run_deployment("recipe/noaa-oisst", params, env)["state"]["type"] == "COMPLETED"
+        one_shot = user_view(one_shot_root / "noaa-oisst.zarr")
+
+        # Append 10 more days: only those are cached and stored; equal to the one-shot build's first 20.
+        params = {"prune": 20, "url_rewrites": rewrites}
         record = run_deployment("recipe/noaa-oisst-append", params, env)
         assert record["state"]["type"] == "COMPLETED", record["state"]
         names, _ = stage_names(api, record["id"])
         assert {"plan-append", "cache", "prepare-target", "store", "finalize-target"} <= names
-        assert xr.open_zarr(store).sizes["time"] == 5
-        assert_store_matches(str(store), sorted(replica.rglob("*.nc")))
+        xr.testing.assert_identical(user_view(store), one_shot.isel(time=slice(0, 20)))
+
+        # Again: nothing new, nothing cached or stored, the store unchanged.
         record = run_deployment("recipe/noaa-oisst-append", params, env)
         assert record["state"]["type"] == "COMPLETED"
         names, _ = stage_names(api, record["id"])
         assert "store" not in names and "cache" not in names, "nothing new: nothing cached or stored"
+        xr.testing.assert_identical(user_view(store), one_shot.isel(time=slice(0, 20)))
+
+        # A crash mid-append: the flow-run process is killed once the append has begun writing.
+        params = {"prune": 30, "url_rewrites": rewrites}
+        flow_run_id = start_deployment("recipe/noaa-oisst-append", params, env)
+        marker = store.parent / "noaa-oisst.zarr.pending-append.json"
+        deadline = time.time() + 300
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the append never started writing"
+        kill_descendants(worker.pid)
+        assert marker.exists(), "killed too late: the append had already committed"
+        crashed = wait_for_flow_run(api, flow_run_id)
+        assert crashed["state"]["type"] in ("CRASHED", "FAILED"), crashed["state"]
+        assert xr.open_zarr(store).sizes["time"] == 20, "readers still see the last committed store"
+
+        # The rerun finishes the interrupted append: identical to the one-shot build of 30 days.
+        record = run_deployment("recipe/noaa-oisst-append", params, env)
+        assert record["state"]["type"] == "COMPLETED", record["state"]
+        assert not marker.exists()
+        xr.testing.assert_identical(user_view(store), one_shot)
+        assert_store_matches(str(store), sorted(replica_dir.rglob("*.nc"))[:30])
+
+
+def user_view(url) -> xr.Dataset:
+    """The store as users see it, without forge's provenance attrs (run ids and fingerprints differ)."""
+    ds = xr.open_zarr(url).load()
+    ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("forge:")}
+    return ds
+
+
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every process under ``pid`` (the flow run and its Dask cluster), not ``pid`` itself."""
+    children = psutil.Process(pid).children(recursive=True)
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=30)
