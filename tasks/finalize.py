@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -9,13 +11,18 @@ from forge.types import TargetSpec
 from tasks.common import recipe_for
 
 
+def artifact_key(recipe_id: str) -> str:
+    """Prefect artifact keys take lowercase letters, digits and dashes only (recipe ids may have more)."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"recipe-{recipe_id}".lower())[:100]
+
+
 @task(name="finalize-target", retries=2, retry_delay_seconds=10)
 def finalize_target(target: TargetSpec, timings: dict[str, float] | None = None) -> dict:
     """Record provenance, consolidate metadata, and publish a summary artifact."""
     summary = finalize(recipe_for(target.run), target, {"forge:flow_run_id": str(flow_run.id or "")})
     rows = "\n".join(f"| {stage} | {seconds:.1f} s |" for stage, seconds in (timings or {}).items())
     create_markdown_artifact(
-        key=f"recipe-{target.run.recipe_id}".lower()[:100],
+        key=artifact_key(target.run.recipe_id),
         description=f"Store for recipe {target.run.recipe_id}",
         markdown=(
             f"# {target.run.recipe_id}\n\nStore: `{summary['url']}`\n\n"

@@ -21,3 +21,14 @@ def test_every_recipe_has_a_deployment_on_a_known_bakery():
         bakery = registry[source.meta()["bakery"]["id"]]
         assert d["work_pool"]["name"] == bakery.work_pool
         assert d["work_pool"]["job_variables"]["env"]["FORGE_BAKERY"] == bakery.id
+
+
+def test_summary_artifact_key_is_valid_for_any_recipe_id():
+    """Recipe ids come from file names (underscores, dots); Prefect's own model must accept the key."""
+    from prefect.artifacts import MarkdownArtifact
+
+    from tasks.finalize import artifact_key
+
+    for recipe_id in ("noaa-oisst", "oisst_with_codec", "My.Recipe v2"):
+        MarkdownArtifact(key=artifact_key(recipe_id), markdown="x")
+    assert artifact_key("oisst_with_codec") == "recipe-oisst-with-codec"
