@@ -250,6 +250,13 @@ def prepare_append(
     first_url = ordered[0].url
     template = combine_inputs(recipe, ordered)
     group = open_group(run.target_url)
+    if state.pending:  # a crash may have resized some arrays and not others: back to the recorded start
+        for _, arr in group.arrays():
+            dims = dims_of(arr)
+            if dim in dims and arr.shape[dims.index(dim)] != state.length:
+                arr.resize(
+                    tuple(state.length if d == dim else n for d, n in zip(dims, arr.shape, strict=True))
+                )
     check_compatible(group, template, first_url)
     new_values = np.asarray(template.concat_values)
     check_continuity(_stored_coordinate(group, dim, state.length), new_values, dim, first_url)

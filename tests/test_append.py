@@ -87,6 +87,19 @@ def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, day
     xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
 
 
+def test_a_crash_between_resizes_is_finished_by_the_next_append(served, run_spec, days20):
+    """Killed while resizing: some arrays hold 20 items, others still 10; the rerun puts that right."""
+    run = run_spec()
+    run_locally(recipe_for(served, list(range(10))), run)
+    storage, key = pending_marker(run.target_url)
+    storage.write_text(key, json.dumps({"from_inputs": 10, "from_length": 10}))
+    open_group(run.target_url)["tas"].resize((20, *open_group(run.target_url)["tas"].shape[1:]))
+    out = run_locally(recipe_for(served, list(range(20))), run, append=True)
+    assert out["sizes"]["time"] == 20 and not storage.exists(key)
+    one_shot = run_locally(recipe_for(served, list(range(20))), run_spec(recipe_id="one-shot"))
+    xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
+
+
 def _assert_refused_and_untouched(served, run, recipe, *expected: str, errors=AppendError) -> None:
     before = open_store(run.target_url).load()
     attrs = dict(open_group(run.target_url).attrs)
