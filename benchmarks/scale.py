@@ -4,6 +4,11 @@ Run by hand: ``python benchmarks/scale.py --inputs 16500`` (and ``--inputs 10000
 Prefect task runs (read back from the Prefect API), wall time by stage, the flow process's peak memory, and
 the time to plan a 225,000-key pattern.
 
+Prefect overhead is measured against a reference: the same core stages on the same batches over a plain
+process pool of as many workers, no Prefect and no Dask (cold as well: its own cache, its own store). Both
+do the same reading, decoding, encoding and writing, so the difference in wall time is what orchestration
+costs (Prefect, the Dask cluster, moving summaries between processes).
+
 Each input is a tiny netCDF3 file (one time step, 4x4 grid). The server makes them on request by writing
 the time value into a template at its byte offset, so 100,000 distinct files cost nothing to prepare.
 """
@@ -11,6 +16,8 @@ the time value into a template at its byte offset, so 100,000 distinct files cos
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
 import resource
 import shutil
@@ -48,6 +55,41 @@ def template(work: Path) -> tuple[bytes, int]:
     return paths[0], offset
 
 
+class _ServedApart:
+    def __init__(self, url: str, conn):
+        self.url, self._conn = url, conn
+
+    def requests(self) -> int:
+        """Requests served since the last call."""
+        self._conn.send("count")
+        return self._conn.recv()
+
+
+def _serve(generate, conn) -> None:
+    from forge.sourceserver import SourceServer
+
+    with SourceServer(generate=generate) as srv:
+        conn.send(srv.url)
+        while (message := conn.recv()) != "stop":
+            conn.send(sum(srv.requests.values()) if message == "count" else None)
+            srv.reset_counts()
+
+
+@contextlib.contextmanager
+def served_apart(generate):
+    """The source server in a process of its own, forked before any thread starts, as a real source is:
+    served from the flow's process, every request would wait for that process's GIL."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_serve, args=(generate, child), daemon=True)
+    process.start()
+    try:
+        yield _ServedApart(parent.recv(), parent)
+    finally:
+        parent.send("stop")
+        process.join(timeout=10)
+
+
 def write_recipe(work: Path, n: int) -> Path:
     path = work / f"tiny-{n}" / "recipe.py"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +105,55 @@ def write_recipe(work: Path, n: int) -> Path:
     """)
     )
     return path.parent
+
+
+def _recipe(run):
+    from forge.loading import load_recipe
+
+    return load_recipe(run.recipe).pruned(run.prune)
+
+
+def _cache(run, batch):
+    from forge.caching import cache_batch
+
+    return cache_batch(_recipe(run), run, batch)
+
+
+def _store(target, batch):
+    from forge.writers import store_batch
+
+    return store_batch(_recipe(target.run), target, batch)
+
+
+def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tuple[float, dict[str, float]]:
+    """The flow's stages, in the same batches, over a process pool: (wall seconds, seconds by stage)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from forge.caching import plan_cache
+    from forge.loading import find_recipe
+    from forge.target import finalize_target, prepare_target
+    from forge.types import RunSpec
+
+    run = RunSpec(
+        str(recipe_dir),
+        find_recipe(str(recipe_dir)).recipe_id,
+        str(out / "target"),
+        str(out / "cache"),
+        url_rewrites=(("https://tiny.example.org", source_url),),
+        workers=workers,
+    )
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        recipe = _recipe(run)
+        batches = plan_cache(recipe, run)
+        summaries = [s for part in pool.map(_cache, [run] * len(batches), batches) for s in part]
+        target, write_batches = prepare_target(recipe, run, summaries)
+        t1 = time.perf_counter()
+        list(pool.map(_store, [target] * len(write_batches), write_batches))
+        t2 = time.perf_counter()
+        finalize_target(recipe, target, {})
+    wall = time.perf_counter() - t0
+    return wall, {"cache + prepare": t1 - t0, "store": t2 - t1}
 
 
 def count_task_runs(flow_run_id) -> int:
@@ -102,11 +193,12 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=16_500)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "forge-scale")
+    parser.add_argument("--no-reference", action="store_true", help="skip the process-pool reference run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["FORGE_DASK_WORKERS"] = str(args.workers)
-    from flows.cli import prefect_api, quiet_prefect_env
-    from forge.sourceserver import SourceServer
+    from flows.cli import quiet_prefect_env
+    from flows.local import run_stack
 
     quiet_prefect_env()
     body, offset = template(args.work)
@@ -124,30 +216,49 @@ def main() -> None:
     recipe_dir = write_recipe(args.work, args.inputs)
     out = args.work / f"run-{args.inputs}"
     shutil.rmtree(out, ignore_errors=True)  # measure a cold run: nothing cached, no store
-    with SourceServer(generate=generate) as srv, prefect_api():
-        from flows.recipe import recipe
-
-        t0 = time.perf_counter()
-        state = recipe(
-            recipe=str(recipe_dir),
-            target_root=str(out / "target"),
-            cache_root=str(out / "cache"),
-            url_rewrites={"https://tiny.example.org": srv.url},
-            return_state=True,
+    shutil.rmtree(out.with_name(out.name + "-reference"), ignore_errors=True)
+    with served_apart(generate) as srv:
+        ref_wall, ref_stages = (
+            (None, {})
+            if args.no_reference
+            else reference(recipe_dir, out.with_name(out.name + "-reference"), srv.url, args.workers)
         )
-        wall = time.perf_counter() - t0
-        summary = state.result()
-        n_task_runs = count_task_runs(state.state_details.flow_run_id)
-        requests = sum(srv.requests.values())
+        srv.requests()  # counts from here on
+        t_stack = time.perf_counter()
+        with run_stack() as runner:
+            t_stack = time.perf_counter() - t_stack
+            from flows.recipe import recipe
+
+            t0 = time.perf_counter()
+            state = recipe.with_options(task_runner=runner)(
+                recipe=str(recipe_dir),
+                target_root=str(out / "target"),
+                cache_root=str(out / "cache"),
+                url_rewrites={"https://tiny.example.org": srv.url},
+                return_state=True,
+            )
+            wall = time.perf_counter() - t0
+            summary = state.result()
+            n_task_runs = count_task_runs(state.state_details.flow_run_id)
+            requests = srv.requests()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     store = xr.open_zarr(summary["url"])
     assert store.sizes["time"] == args.inputs and float(store.time[-1].dt.hour) == (args.inputs - 1) % 24
     print(f"\n{args.inputs} inputs, {args.workers} Dask workers, {os.cpu_count()} cores")
     print(f"{'Prefect task runs':40s} {n_task_runs}")
     print(f"{'source requests':40s} {requests}")
+    print(f"{'Prefect server + Dask cluster start':40s} {t_stack:.1f} s")
     print(f"{'flow wall time':40s} {wall:.1f} s")
     for stage, seconds in summary["timings"].items():
-        print(f"{'  ' + stage:40s} {seconds:.1f} s")
+        ref = f"   (reference {ref_stages[stage]:.1f} s)" if stage in ref_stages else ""
+        print(f"{'  ' + stage:40s} {seconds:.1f} s{ref}")
+    if ref_wall is not None:
+        print(f"{'reference: same stages, process pool':40s} {ref_wall:.1f} s")
+        overhead = wall - ref_wall
+        print(
+            f"{'orchestration overhead (flow - reference)':40s} {overhead:.1f} s "
+            f"= {100 * overhead / wall:.0f}% of wall"
+        )
     print(f"{'flow process peak RSS':40s} {peak_mb:.0f} MB")
     print(f"{'plan 225,000 keys (cache batches)':40s} {plan_seconds:.2f} s")
 

@@ -14,6 +14,7 @@ subprocess so its peak memory (the largest RSS of the process or any of its chil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -81,7 +82,12 @@ def floor(files: list[Path], out: Path, workers: int, codec: str) -> dict:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         nbytes = sum(pool.map(_floor_chunk, [(g, str(out), codec) for g in groups]))
-    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "bytes": nbytes, "stored_mb": _size_mb(out)}
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
 def xarray_dask(files: list[Path], out: Path, workers: int, codec: str) -> dict:
@@ -108,17 +114,21 @@ def xarray_dask(files: list[Path], out: Path, workers: int, codec: str) -> dict:
         encoding = {v: {"compressors": compressors} for v in VARIABLES} if compressors else None
         ds.chunk({"time": CHUNK}).to_zarr(out, mode="w", consolidated=True, encoding=encoding)
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds}
+    return {"seconds": seconds, "stored_mb": _size_mb(out)}
 
 
-def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path, codec: str) -> dict:
+def forge_flow(
+    files: list[Path], out: Path, workers: int, replica_dir: Path, codec: str, write_batches: int | None
+) -> dict:
     os.environ["FORGE_DASK_WORKERS"] = str(workers)
     sys.path.insert(0, str(ROOT))
-    from flows.cli import local_replica, prefect_api, quiet_prefect_env
+    from flows.cli import local_replica, quiet_prefect_env
+    from flows.local import run_stack
 
     quiet_prefect_env()
-    t_start = time.perf_counter()
-    with local_replica(str(replica_dir)) as url, prefect_api():
+    with local_replica(str(replica_dir)) as url, contextlib.ExitStack() as stack:
+        t_start = time.perf_counter()  # as `forge run` does: server and cluster side by side
+        runner = stack.enter_context(run_stack())
         t_api = time.perf_counter() - t_start
         from flows.recipe import recipe
 
@@ -132,8 +142,13 @@ def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path, co
             "from forge.loading import load_recipe\n"
             f"recipe = dataclasses.replace(load_recipe('noaa-oisst'), compressors=_zarr_codecs({codec!r}))\n"
         )
+        if write_batches:
+            recipe_file.write_text(
+                recipe_file.read_text()
+                + f"recipe = dataclasses.replace(recipe, max_write_batches={write_batches})\n"
+            )
         t0 = time.perf_counter()
-        summary = recipe(
+        summary = recipe.with_options(task_runner=runner)(
             recipe=str(recipe_file),
             target_root=str(out),
             cache_root=str(out / "cache"),
@@ -146,10 +161,13 @@ def forge_flow(files: list[Path], out: Path, workers: int, replica_dir: Path, co
         "server_start": t_api,
         "store_seconds": summary["timings"]["store"],
         "cache_prepare_seconds": summary["timings"]["cache + prepare"],
+        "stored_mb": summary["stored_bytes"] / 1e6,
     }
 
 
-def child(method: str, days: int, workers: int, work: Path, replica_dir: Path, codec: str) -> None:
+def child(
+    method: str, days: int, workers: int, work: Path, replica_dir: Path, codec: str, write_batches: int | None
+) -> None:
     files = _files(replica_dir, days)
     out = work / method
     shutil.rmtree(out, ignore_errors=True)
@@ -158,7 +176,7 @@ def child(method: str, days: int, workers: int, work: Path, replica_dir: Path, c
     elif method == "xarray_dask":
         result = xarray_dask(files, out / "store.zarr", workers, codec)
     else:
-        result = forge_flow(files, out, workers, replica_dir, codec)
+        result = forge_flow(files, out, workers, replica_dir, codec, write_batches)
     peak = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -180,6 +198,7 @@ def run_child(method: str, days: int, args: argparse.Namespace) -> dict | None:
         str(args.workers),
     ]
     command += ["--work", str(args.work), "--codec", args.codec]
+    command += ["--write-batches", str(args.write_batches)] if args.write_batches else []
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -202,11 +221,14 @@ def main() -> None:
         type=int,
         help="also run floor and forge on this many days: per-input cost = difference / extra days",
     )
+    parser.add_argument("--write-batches", type=int, help="the recipe's max_write_batches (default: its own)")
     parser.add_argument("--child")
     args = parser.parse_args()
     replica_dir = args.work / "replica"
     if args.child:
-        return child(args.child, args.days, args.workers, args.work, replica_dir, args.codec)
+        return child(
+            args.child, args.days, args.workers, args.work, replica_dir, args.codec, args.write_batches
+        )
     files = _files(replica_dir, args.days)  # generate the inputs once, outside the timings
     raw_mb = args.days * len(VARIABLES) * 720 * 1440 * 2 / 1e6
     compressed_mb = sum(p.stat().st_size for p in files) / 1e6
@@ -222,19 +244,20 @@ def main() -> None:
     floor_s = results.get("floor", {}).get("seconds")
     rows = []
     for method, r in results.items():
-        rows.append((method, r["seconds"], r["peak_rss_mb"]))
+        rows.append((method, r["seconds"], r["peak_rss_mb"], r["stored_mb"]))
         if method == "forge":
-            rows.append(("forge store step", r["store_seconds"], None))
-    print(f"{'method':24s} {'wall s':>8s} {'MB/s':>8s} {'x floor':>8s} {'peak MB':>8s}")
-    for name, seconds, peak in rows:
+            rows.append(("forge store step", r["store_seconds"], None, None))
+    print(f"{'method':24s} {'wall s':>8s} {'MB/s':>8s} {'x floor':>8s} {'peak MB':>8s} {'stored MB':>9s}")
+    for name, seconds, peak, stored in rows:
         ratio = f"{seconds / floor_s:8.2f}" if floor_s else "       -"
         peak_s = f"{peak:8.0f}" if peak else "       -"
-        print(f"{name:24s} {seconds:8.2f} {raw_mb / seconds:8.1f} {ratio} {peak_s}")
+        stored_s = f"{stored:9.0f}" if stored else "        -"
+        print(f"{name:24s} {seconds:8.2f} {raw_mb / seconds:8.1f} {ratio} {peak_s} {stored_s}")
     if "forge" in results:
         f = results["forge"]
         print(
-            f"forge fixed start-up: Prefect server {f['server_start']:.1f}s; "
-            f"cache+prepare (incl. Dask cluster) {f['cache_prepare_seconds']:.1f}s"
+            f"forge fixed start-up: Prefect server and Dask cluster {f['server_start']:.1f}s; "
+            f"cache+prepare {f['cache_prepare_seconds']:.1f}s"
         )
     if {"floor", "forge"} <= baseline.keys() and {"floor", "forge"} <= results.keys():
         extra = args.days - args.baseline_days

@@ -175,6 +175,15 @@ def task_runner_for(bakery: Bakery | None, address: str | None = None, workers: 
     )
 
 
+def store_workers(bakery: Bakery | None) -> int | None:
+    """How many store tasks can run at once on ``bakery``'s cluster (None: a cluster we know nothing of)."""
+    if os.environ.get("FORGE_DASK_ADDRESS"):
+        return None
+    if bakery is None or bakery.dask is None:
+        return int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count()
+    return bakery.dask.adapt_maximum
+
+
 def current_bakery() -> Bakery | None:
     bakery_id = os.environ.get("FORGE_BAKERY")
     return get_bakery(bakery_id) if bakery_id else None

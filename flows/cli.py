@@ -10,40 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from flows.local import run_stack
+
 
 def quiet_prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # Our core logs through the standard library; this sends the forge loggers to the Prefect UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "forge")
-
-
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """Use PREFECT_API_URL if set; otherwise start a local Prefect server for this command and stop it after.
-
-    Dask worker processes cannot reach an in-process ephemeral API, so they get this server's URL through
-    the environment they inherit.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        yield server.api_url
-    finally:
-        # Send what is queued while the server is still up; otherwise the workers retry for minutes.
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=10)
-        EventsWorker.drain_all(timeout=10)
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -84,12 +58,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.append and append_is_a_no_op(args, rewrites):
             return 0
         t0 = time.perf_counter()
-        api = stack.enter_context(prefect_api())
-        print(f"Prefect API: {api} (started in {time.perf_counter() - t0:.1f}s)")
-        from flows.bakery import current_bakery, task_runner_for
+        if args.workers:
+            os.environ["FORGE_DASK_WORKERS"] = str(args.workers)  # the flow plans its write batches for it
+        runner = stack.enter_context(run_stack(args.dask_address, args.workers))
+        api = os.environ["PREFECT_API_URL"]
+        print(f"Prefect API {api} and Dask cluster ready in {time.perf_counter() - t0:.1f}s")
         from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, recipe
 
-        runner = task_runner_for(current_bakery(), args.dask_address, args.workers)
         flow = recipe.with_options(task_runner=runner)
         summary = flow(
             recipe=args.recipe,

@@ -10,7 +10,7 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from flows.bakery import current_bakery, task_runner_for
+from flows.bakery import current_bakery, store_workers, task_runner_for
 from forge.append import describe_append
 from forge.loading import find_recipe
 from forge.patterns import parse_rewrites
@@ -34,7 +34,15 @@ def run_spec(
         **dict(parse_rewrites(os.environ.get("FORGE_URL_REWRITES", "").split())),
         **(url_rewrites or {}),
     }
-    return RunSpec(ref, source.recipe_id, target_root, cache_root, prune, tuple(rewrites.items()))
+    return RunSpec(
+        ref,
+        source.recipe_id,
+        target_root,
+        cache_root,
+        prune,
+        tuple(rewrites.items()),
+        workers=store_workers(current_bakery()),
+    )
 
 
 # The bakery (FORGE_BAKERY, set by the deployment) picks the task runner: local processes or a KubeCluster.

@@ -25,15 +25,20 @@ def worker_environ() -> dict[str, str | int]:
     return env
 
 
-def local_task_runner(workers: int | None = None) -> DaskTaskRunner:
+def local_cluster_kwargs(workers: int | None = None) -> dict:
+    """``LocalCluster`` arguments: one single-threaded worker process per core (or ``workers``), each
+    importing the tasks' modules as it starts rather than in its first task."""
     dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()})
-    n = workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1
+    return {
+        "n_workers": workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": ":0",
+        "preload": ["flows.worker_preload"],
+    }
+
+
+def local_task_runner(workers: int | None = None) -> DaskTaskRunner:
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": n,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": ":0",
-        },
+        cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(workers)
     )

@@ -278,7 +278,9 @@ def prepare_append(
             if name != dim and chunk is None:
                 chunk = arr.chunks[axis]
     group[dim][state.length : total] = encoded
-    batches = plan_write_batches(recipe, template, ordered, chunk or n_new, offset=state.length)
+    batches = plan_write_batches(
+        recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers
+    )
     logger.info(
         "appending %d items (%d inputs) to %s from %s=%s",
         n_new,

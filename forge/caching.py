@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -77,6 +78,7 @@ def fetch_missing(
         return 0
     options, secrets = _access(recipe, lookup)
     staging = storage.staging_dir()
+    t0, total = time.perf_counter(), 0
     with limit(batch.host):
         for item in missing:
             display = redact_url(item.fetch_url)
@@ -88,7 +90,17 @@ def fetch_missing(
                 storage.put_file_atomic(tmp, item.cache_key)
             finally:
                 tmp.unlink(missing_ok=True)
-            logger.info("cached %s (%d bytes)", display, size)
+            total += size
+            # Per input at DEBUG only: on Prefect every INFO record is a row in its database.
+            logger.debug("cached %s (%d bytes)", display, size)
+    logger.info(
+        "%s: cached %d inputs (%.1f MB) from %s in %.1fs",
+        batch.label,
+        len(missing),
+        total / 1e6,
+        batch.host,
+        time.perf_counter() - t0,
+    )
     return len(missing)
 
 

@@ -87,17 +87,47 @@ class RawInput:
         self.ds.close()
 
 
+MAX_CHUNK_CACHE = 64 * 2**20  # netCDF-C's default per variable, now the ceiling
+DECODED_CHUNK_CACHE = 16 * 2**20  # per variable of inputs opened through xarray, which reads in slabs
+
+
+def chunk_row_bytes(shape: tuple[int, ...], chunking: list[int] | str | None, itemsize: int) -> int:
+    """Bytes of one row of HDF5 chunks along the first dimension: what a cache must hold so that reading
+    consecutive slices along that dimension decompresses every chunk once.
+
+    Examples
+    --------
+    >>> chunk_row_bytes((365, 720, 1440), [1, 720, 1440], 2)
+    2073600
+    >>> chunk_row_bytes((365, 720, 1440), "contiguous", 2)
+    0
+    """
+    if not isinstance(chunking, list) or not shape:
+        return 0  # contiguous, or netCDF3 (None): no chunk cache involved
+    return int(np.prod((chunking[0], *shape[1:]), dtype=np.int64)) * itemsize
+
+
 class NetCDF4RawInput(RawInput):
-    """Reads packed values through the netCDF4 library directly: the cheapest path, as in the floor."""
+    """Reads packed values through the netCDF4 library directly: the cheapest path, as in the floor.
+
+    Each variable's chunk cache holds one row of its HDF5 chunks (at most netCDF-C's default, 64 MiB):
+    the default would keep up to 64 MiB per variable per open input, several times a target chunk.
+    """
 
     def __init__(self, path: Path):
         import netCDF4
 
         self.nc = netCDF4.Dataset(path)
         self.nc.set_auto_maskandscale(False)
+        self._sized: set[str] = set()
 
     def read(self, name: str, indexers: Mapping[str, slice]) -> np.ndarray:
         var = self.nc.variables[name]
+        if name not in self._sized:
+            row = chunk_row_bytes(var.shape, var.chunking(), var.dtype.itemsize)
+            if row:
+                var.set_var_chunk_cache(size=min(row, MAX_CHUNK_CACHE))
+            self._sized.add(name)
         return np.asarray(var[tuple(indexers.get(d, slice(None)) for d in var.dimensions)])
 
     def close(self) -> None:
@@ -121,6 +151,11 @@ def open_input(
     """Open one cached input lazily. ``raw=True`` returns stored (packed, undecoded) values."""
     opener = get_opener(file_type)
     check_magic(path, file_type, name)
+    if opener.engine == "netcdf4":
+        import netCDF4
+
+        # The default for files opened from now on in this process (xarray gives no per-file option).
+        netCDF4.set_chunk_cache(size=DECODED_CHUNK_CACHE)
     kwargs: dict[str, Any] = {"cache": False, **dict(opener.open_kwargs), **(open_kwargs or {})}
     if raw:
         kwargs.update(decode_cf=False, mask_and_scale=False, decode_times=False, decode_timedelta=False)

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 COMPLETE_ATTR = "forge:complete"
 FINGERPRINT_ATTR = "forge:fingerprint"
 INPUTS_ATTR = "forge:concat_inputs"  # concat positions the store holds: where an append starts
+# Two, not one: a worker that finishes early takes another batch while a slower one still writes.
+WRITE_BATCHES_PER_WORKER = 2
 
 
 def pending_marker(url: str) -> tuple[Storage, str]:
@@ -149,8 +151,13 @@ def plan_write_batches(
     summaries: Sequence[InputSummary],
     chunk: int,
     offset: int = 0,
+    workers: int | None = None,
 ) -> list[WriteBatch]:
-    """Batches of chunk writes; ``offset`` items are already stored (an append)."""
+    """Batches of chunk writes; ``offset`` items are already stored (an append).
+
+    At most ``recipe.max_write_batches``, and ``WRITE_BATCHES_PER_WORKER`` per worker when the number of
+    workers is known: every batch is a task run, whose orchestration costs what writing a chunk costs.
+    """
     dim = template.concat_dim
     location = {
         (s.key[dim], tuple((n, p) for n, p in s.key.positions if n != dim)): (s.location, s.url)
@@ -160,7 +167,10 @@ def plan_write_batches(
     writes = chunk_writes(template.lengths, chunk, offset=offset, first_position=first)
     sources = {v.source for v in template.concat_variables}
     batches = []
-    for i, chunks in enumerate(batch_chunks(writes, recipe.max_write_batches)):
+    n_batches = recipe.max_write_batches
+    if workers:
+        n_batches = min(n_batches, WRITE_BATCHES_PER_WORKER * workers)
+    for i, chunks in enumerate(batch_chunks(writes, n_batches)):
         positions = {p.position for c in chunks for p in c.pieces}
         inputs = {(p, m): location[(p, m)] for p in positions for m in sources}
         batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs))
@@ -185,7 +195,9 @@ def prepare_target(
     complete = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
     batches = (
-        [] if complete or not template.concat_dim else plan_write_batches(recipe, template, summaries, chunk)
+        []
+        if complete or not template.concat_dim
+        else plan_write_batches(recipe, template, summaries, chunk, workers=run.workers)
     )
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)

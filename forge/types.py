@@ -25,6 +25,8 @@ class RunSpec:
     url_rewrites: tuple[tuple[str, str], ...] = ()
     # Append mode: the concat positions already in the store (None: build the whole store).
     append_from: int | None = None
+    # Store tasks that can run at once (None: unknown): the write plan makes a few batches per worker.
+    workers: int | None = None
 
     @property
     def target_url(self) -> str:

@@ -30,6 +30,7 @@ from forge.target import open_group
 from forge.types import TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
+SLAB_BYTES = 8 * 2**20  # largest single read: bounds the decode temporaries whatever an input's size
 
 
 class ChunkWriteError(RuntimeError):
@@ -44,23 +45,30 @@ class BatchStats:
 
 
 class _Inputs:
-    """Inputs opened once per batch (raw and/or decoded), closed when the batch ends."""
+    """Inputs opened once (raw and/or decoded) and closed as soon as no later chunk of the batch reads them,
+    so a batch holds open only the inputs of the chunk it is writing."""
 
-    def __init__(
-        self, recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch, stack: contextlib.ExitStack
-    ):
-        self.recipe, self.batch, self.stack = recipe, batch, stack
+    def __init__(self, recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch):
+        self.recipe, self.batch = recipe, batch
         self.storage = Storage(target.run.cache_root)
-        self.concat_dim = target.concat_dim
-        self.open: dict[tuple[str, bool], xr.Dataset | RawInput] = {}
+        self.open: dict[tuple[int, tuple, bool], tuple[xr.Dataset | RawInput, contextlib.ExitStack]] = {}
 
     def dataset(self, position: int, source: tuple, raw: bool) -> tuple[xr.Dataset | RawInput, str]:
         """The input at ``position`` holding variables of merge ``source``, and its URL for messages."""
         location, url = self.batch.inputs[(position, source)]
-        if (location, raw) not in self.open:
-            cm = opened(self.recipe, self.storage, location, url, raw=raw)
-            self.open[(location, raw)] = self.stack.enter_context(cm)
-        return self.open[(location, raw)], url
+        key = (position, source, raw)
+        if key not in self.open:
+            stack = contextlib.ExitStack()
+            self.open[key] = (
+                stack.enter_context(opened(self.recipe, self.storage, location, url, raw)),
+                stack,
+            )
+        return self.open[key][0], url
+
+    def close_before(self, position: int | None = None) -> None:
+        """Close the inputs before concat ``position`` (None: all of them)."""
+        for key in [k for k in self.open if position is None or k[0] < position]:
+            self.open.pop(key)[1].close()
 
 
 def _blocks(spec: VariableSpec, arr: zarr.Array, concat_dim: str) -> Iterator[dict[str, slice]]:
@@ -82,6 +90,19 @@ def _read(source: xr.Dataset | RawInput, spec: VariableSpec, indexers: dict[str,
     return np.asarray(encode_cf_variable(var, name=spec.name).values, dtype=spec.encoded_dtype)
 
 
+def slabs(start: int, stop: int, item_bytes: int, limit: int | None = None) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` in reads of at most ``limit`` (default ``SLAB_BYTES``) bytes, one item at least.
+
+    Examples
+    --------
+    >>> list(slabs(0, 10, item_bytes=4, limit=16))
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    step = max(1, (limit or SLAB_BYTES) // max(1, item_bytes))
+    for lo in range(start, stop, step):
+        yield lo, min(lo + step, stop)
+
+
 def chunk_blocks(
     inputs: _Inputs, spec: VariableSpec, arr: zarr.Array, chunk: ChunkWrite, concat_dim: str
 ) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
@@ -101,18 +122,21 @@ def chunk_blocks(
     for block in _blocks(spec, arr, concat_dim):
         shape = [length if d == concat_dim else block[d].stop - block[d].start for d in spec.dims]
         buf = np.empty(shape, dtype=spec.encoded_dtype)
+        item_bytes = buf[(slice(None),) * axis + (0,)].size * max(spec.dtype.itemsize, buf.itemsize)
         for piece in chunk.pieces:
             source, url = inputs.dataset(piece.position, spec.source, spec.raw_ok)
-            indexers = {**block, concat_dim: slice(piece.src_start, piece.src_stop)}
-            dst = [slice(None)] * len(shape)
-            dst[axis] = slice(piece.dst_start, piece.dst_start + piece.src_stop - piece.src_start)
-            try:
-                buf[tuple(dst)] = _read(source, spec, indexers)
-            except Exception as e:
-                raise ChunkWriteError(
-                    f"reading {spec.name!r} [{piece.src_start}:{piece.src_stop}] from input "
-                    f"{url}: {type(e).__name__}: {e}"
-                ) from e
+            for lo, hi in slabs(piece.src_start, piece.src_stop, item_bytes):
+                indexers = {**block, concat_dim: slice(lo, hi)}
+                dst = [slice(None)] * len(shape)
+                dst[axis] = slice(
+                    piece.dst_start + lo - piece.src_start, piece.dst_start + hi - piece.src_start
+                )
+                try:
+                    buf[tuple(dst)] = _read(source, spec, indexers)
+                except Exception as e:
+                    raise ChunkWriteError(
+                        f"reading {spec.name!r} [{lo}:{hi}] from input {url}: {type(e).__name__}: {e}"
+                    ) from e
         region = tuple(slice(chunk.start, chunk.stop) if d == concat_dim else block[d] for d in spec.dims)
         yield region, buf
 
@@ -128,9 +152,10 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     group = open_group(target.url)
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None
+    inputs = _Inputs(recipe, target, batch)
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer:
-        inputs = _Inputs(recipe, target, batch, stack)
-        for chunk in batch.chunks:
+        stack.callback(inputs.close_before)
+        for i, chunk in enumerate(batch.chunks):
             for spec in target.variables:
                 arr = arrays[spec.name]
                 try:
@@ -144,6 +169,8 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
                         f"{batch.label}: variable {spec.name!r}, chunk {chunk.index}: {e}"
                     ) from e
             stats.chunks += 1
+            if i + 1 < len(batch.chunks):
+                inputs.close_before(batch.chunks[i + 1].pieces[0].position)
         if pending is not None:
             pending.result()
     stats.seconds = time.perf_counter() - t0

@@ -43,7 +43,7 @@ def run_spec(tmp_path: Path):
 @pytest.fixture(scope="session")
 def prefect_server():
     """One real Prefect server (SQLite in a temp dir) for the session; Dask workers inherit its URL."""
-    from flows.cli import prefect_api
+    from flows.local import prefect_api
 
     with prefect_api() as url:
         yield url

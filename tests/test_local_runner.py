@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import xarray as xr
 
-from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
+from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe, writers
 from forge.openers import InputError
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_sources, open_store, write_inputs
@@ -92,6 +93,52 @@ def test_process_input_hook(served, run_spec):
     xr.testing.assert_identical(open_store(out["url"]), expected)
 
 
+@pytest.mark.parametrize("process_input", [None, _add_offset], ids=["packed", "decoded"])
+def test_inputs_larger_than_chunks_are_read_in_slabs(served, run_spec, monkeypatch, process_input):
+    """Reads are cut to SLAB_BYTES whatever an input's size; here one time step per read."""
+    monkeypatch.setattr(writers, "SLAB_BYTES", 1)
+    ds = make_dataset(12, packed=process_input is None)  # packed: the undecoded copy path
+    paths = write_inputs(ds, Path(served.root), 6)
+    recipe = XarrayZarrRecipe(
+        concat_pattern(served, 2), target_chunks={"time": 5}, process_input=process_input
+    )
+    out = run_locally(recipe, run_spec())
+    sources = open_sources(paths)
+    if process_input is None:
+        assert_store_matches(out["url"], paths)
+    else:
+        xr.testing.assert_identical(open_store(out["url"]), process_input(sources, "all"))
+
+
+def _open_inputs() -> int:
+    return sum(Path(f"/proc/self/fd/{fd}").resolve().suffix == ".nc" for fd in os.listdir("/proc/self/fd"))
+
+
+def _count_open_inputs(seen: list[int]):
+    def process_input(ds: xr.Dataset, url: str) -> xr.Dataset:
+        seen.append(_open_inputs())
+        return ds
+
+    return process_input
+
+
+def test_a_store_batch_keeps_only_the_current_chunks_inputs_open(served, run_spec):
+    ds = make_dataset(12)
+    write_inputs(ds, Path(served.root), 1)
+    seen: list[int] = []
+    recipe = XarrayZarrRecipe(
+        concat_pattern(served, 12),
+        target_chunks={"time": 3},
+        process_input=_count_open_inputs(seen),
+        max_write_batches=1,
+    )
+    run_locally(recipe, run_spec())
+    # 12 opens summarize the inputs and one reads the static variables, one at a time; then the store
+    # stage opens all 12 in its one batch, each while at most the other inputs of its chunk of 3 are open.
+    assert len(seen) == 25 and max(seen[:13]) == 1, seen
+    assert max(seen[13:]) == 3, seen
+
+
 def test_prune(served, run_spec):
     ds = make_dataset(10)
     paths = write_inputs(ds, Path(served.root), 1)
@@ -172,3 +219,22 @@ def test_unreadable_input_names_the_file(served, run_spec):
 def test_unknown_file_type():
     with pytest.raises(InputError, match=r"unknown file_type 'hdf4'; known types: \[.*'netcdf4'"):
         XarrayZarrRecipe(FilePattern(lambda time: "x", ConcatDim("time", [0]), file_type="hdf4"))
+
+
+@pytest.mark.parametrize(("workers", "expected"), [(None, 6), (1, 2), (2, 4), (8, 6)])
+def test_write_batches_are_a_few_per_worker(served, run_spec, workers, expected):
+    """Each write batch is a task run: two per worker when the cluster's size is known, and never more
+    than the recipe's max_write_batches or the number of chunks."""
+    from forge.caching import cache_batch, plan_cache
+    from forge.target import prepare_target
+
+    paths = write_inputs(make_dataset(12), Path(served.root), 1)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 12), target_chunks={"time": 2}, max_write_batches=8)
+    run = run_spec(workers=workers)
+    summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch)]
+    target, batches = prepare_target(recipe, run, summaries)
+    assert len(batches) == expected
+    assert [c.index for b in batches for c in b.chunks] == list(range(6))
+    for batch in batches:
+        writers.store_batch(recipe, target, batch)
+    assert_store_matches(target.url, paths)
