@@ -43,15 +43,6 @@ def read_peak() -> int:
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def warm_up() -> None:
-    """What a store worker imports anyway, so that imports do not count as the run's memory."""
-    import netCDF4  # noqa: F401
-    import zarr  # noqa: F401
-
-    import forge.writers  # noqa: F401
-    import tasks.store  # noqa: F401
-
-
 def write_inputs(directory: Path, n_inputs: int, steps: int) -> list[Path]:
     """Smooth fields plus noise, packed as OISST packs them, zlib level 1, one HDF5 chunk per step."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -104,20 +95,11 @@ def measure(recipe_file: Path, out: Path, workers: int) -> tuple[float, float]:
     from prefect_dask import DaskTaskRunner
 
     from flows.recipe import recipe
-    from flows.runner import local_task_runner, worker_environ
+    from flows.runner import local_cluster_kwargs
 
-    local_task_runner()  # applies the workers' environment, as the flow's own cluster gets it
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            env=worker_environ(),
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.run(warm_up)
+    # The flow's own local cluster: its workers' environment, and its preload of the tasks' modules, so
+    # that imports do not count as the run's memory.
+    with LocalCluster(**local_cluster_kwargs(workers)) as cluster, Client(cluster) as client:
         flow = recipe.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
         shutil.rmtree(out, ignore_errors=True)
         kwargs = {

@@ -107,22 +107,18 @@ def write_recipe(work: Path, n: int) -> Path:
     return path.parent
 
 
-def _recipe(run):
-    from forge.loading import load_recipe
-
-    return load_recipe(run.recipe).pruned(run.prune)
-
-
 def _cache(run, batch):
     from forge.caching import cache_batch
+    from forge.loading import recipe_for
 
-    return cache_batch(_recipe(run), run, batch)
+    return cache_batch(recipe_for(run), run, batch)
 
 
 def _store(target, batch):
+    from forge.loading import recipe_for
     from forge.writers import store_batch
 
-    return store_batch(_recipe(target.run), target, batch)
+    return store_batch(recipe_for(target.run), target, batch)
 
 
 def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tuple[float, dict[str, float]]:
@@ -130,7 +126,7 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
     from concurrent.futures import ProcessPoolExecutor
 
     from forge.caching import plan_cache
-    from forge.loading import find_recipe
+    from forge.loading import find_recipe, recipe_for
     from forge.target import finalize_target, prepare_target
     from forge.types import RunSpec
 
@@ -144,7 +140,7 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
     )
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
-        recipe = _recipe(run)
+        recipe = recipe_for(run)
         batches = plan_cache(recipe, run)
         summaries = [s for part in pool.map(_cache, [run] * len(batches), batches) for s in part]
         target, write_batches = prepare_target(recipe, run, summaries)

@@ -152,16 +152,25 @@ def cluster_spec(dask: KubeDask, name: str, env: dict[str, str] | None = None) -
     return spec
 
 
+def dask_address(address: str | None = None) -> str | None:
+    """An existing cluster to run on: ``address``, else FORGE_DASK_ADDRESS (None: the bakery's own)."""
+    return address or os.environ.get("FORGE_DASK_ADDRESS") or None
+
+
+def on_local_cluster(bakery: Bakery | None, address: str | None = None) -> bool:
+    """Whether runs on ``bakery`` get a LocalCluster of this machine's processes."""
+    return dask_address(address) is None and (bakery is None or bakery.dask is None)
+
+
 def task_runner_for(bakery: Bakery | None, address: str | None = None, workers: int | None = None):
     """The flow's task runner on ``bakery`` (None: this machine)."""
     from prefect_dask import DaskTaskRunner
 
     from flows.runner import local_task_runner
 
-    address = address or os.environ.get("FORGE_DASK_ADDRESS") or None
-    if address:
-        return DaskTaskRunner(address=address)
-    if bakery is None or bakery.dask is None:
+    if dask_address(address):
+        return DaskTaskRunner(address=dask_address(address))
+    if on_local_cluster(bakery):
         return local_task_runner(workers)
     name = f"forge-{uuid.uuid4().hex[:10]}"  # one cluster per flow run; each run is its own pod
     return DaskTaskRunner(
@@ -177,11 +186,11 @@ def task_runner_for(bakery: Bakery | None, address: str | None = None, workers: 
 
 def store_workers(bakery: Bakery | None) -> int | None:
     """How many store tasks can run at once on ``bakery``'s cluster (None: a cluster we know nothing of)."""
-    if os.environ.get("FORGE_DASK_ADDRESS"):
+    from flows.runner import local_workers
+
+    if dask_address():
         return None
-    if bakery is None or bakery.dask is None:
-        return int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count()
-    return bakery.dask.adapt_maximum
+    return local_workers() if on_local_cluster(bakery) else bakery.dask.adapt_maximum
 
 
 def current_bakery() -> Bakery | None:

@@ -124,12 +124,12 @@ def run_stack(dask_address: str | None = None, workers: int | None = None) -> It
     On the local bakery the Dask cluster starts (its workers importing the tasks' modules) while the
     server boots; a cloud bakery or ``dask_address`` gets its own runner, as the flow would.
     """
-    from flows.bakery import current_bakery, task_runner_for
+    from flows.bakery import current_bakery, on_local_cluster, task_runner_for
 
     bakery = current_bakery()
     with contextlib.ExitStack() as stack:
         server = None if os.environ.get("PREFECT_API_URL") else stack.enter_context(PrefectServer())
-        if dask_address or os.environ.get("FORGE_DASK_ADDRESS") or (bakery and bakery.dask):
+        if not on_local_cluster(bakery, dask_address):
             runner = task_runner_for(bakery, dask_address, workers)
         else:
             from distributed import LocalCluster

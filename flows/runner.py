@@ -25,12 +25,17 @@ def worker_environ() -> dict[str, str | int]:
     return env
 
 
+def local_workers(workers: int | None = None) -> int:
+    """Worker processes of the local cluster: ``workers``, else FORGE_DASK_WORKERS, else one per core."""
+    return workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1
+
+
 def local_cluster_kwargs(workers: int | None = None) -> dict:
     """``LocalCluster`` arguments: one single-threaded worker process per core (or ``workers``), each
     importing the tasks' modules as it starts rather than in its first task."""
     dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()})
     return {
-        "n_workers": workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1,
+        "n_workers": local_workers(workers),
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": ":0",

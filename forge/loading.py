@@ -8,11 +8,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from forge.recipe import XarrayZarrRecipe
+
+if TYPE_CHECKING:
+    from forge.types import RunSpec
 
 
 def recipes_dir() -> Path:
@@ -77,3 +80,8 @@ def load_recipe(ref: str) -> XarrayZarrRecipe:
     if not isinstance(recipe, XarrayZarrRecipe):
         raise TypeError(f"{source.path} must define a module-level `recipe = XarrayZarrRecipe(...)`")
     return recipe
+
+
+def recipe_for(run: RunSpec) -> XarrayZarrRecipe:
+    """The recipe a run works on: loaded by its reference (in any worker process), pruned as the run asks."""
+    return load_recipe(run.recipe).pruned(run.prune)

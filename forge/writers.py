@@ -122,7 +122,7 @@ def chunk_blocks(
     for block in _blocks(spec, arr, concat_dim):
         shape = [length if d == concat_dim else block[d].stop - block[d].start for d in spec.dims]
         buf = np.empty(shape, dtype=spec.encoded_dtype)
-        item_bytes = buf[(slice(None),) * axis + (0,)].size * max(spec.dtype.itemsize, buf.itemsize)
+        item_bytes = buf.size // length * max(spec.dtype.itemsize, buf.itemsize)  # one step, decoded
         for piece in chunk.pieces:
             source, url = inputs.dataset(piece.position, spec.source, spec.raw_ok)
             for lo, hi in slabs(piece.src_start, piece.src_stop, item_bytes):

@@ -9,15 +9,9 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 
 from forge.fetch import PermanentSourceError
-from forge.loading import load_recipe
+from forge.loading import recipe_for  # noqa: F401  (what the tasks load their recipe with)
 from forge.openers import InputError
-from forge.recipe import XarrayZarrRecipe
 from forge.secrets import MissingSecretError
-from forge.types import RunSpec
-
-
-def recipe_for(run: RunSpec) -> XarrayZarrRecipe:
-    return load_recipe(run.recipe).pruned(run.prune)
 
 
 def secret_lookup(name: str) -> str | None:
