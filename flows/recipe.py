@@ -11,11 +11,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
+from flows.windows import submit_windowed
 from forge.append import describe_append
 from forge.loading import find_recipe
 from forge.patterns import parse_rewrites
 from forge.types import RunSpec
-from tasks.cache import cache_inputs, limit_source_hosts, plan_cache_batches
+from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
 from tasks.finalize import finalize_target
 from tasks.prepare import plan_append_run, prepare_target
 from tasks.store import store_chunks
@@ -70,9 +71,11 @@ def recipe(
             print(describe_append(run.target_url, new, dry_run))
             return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
-    batches = plan_cache_batches(run)
-    limit_source_hosts(batches, run)
-    summaries = cache_inputs.map(batches, unmapped(run))
+    batches, windows = plan_cache_batches(run)
+    with source_host_slots(windows):
+        summaries = submit_windowed(
+            lambda b: cache_inputs.submit(b, run), batches, lambda b: b.value.host, windows
+        )
     target, write_batches = prepare_target(run, summaries)
     timings["cache + prepare"] = time.perf_counter() - t0
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import requests
 import xarray as xr
 
 from forge.fetch import download, make_temp_path, source_exists
@@ -23,12 +25,6 @@ from forge.storage import Storage
 from forge.types import CacheBatch, CacheItem, RunSpec
 
 logger = logging.getLogger(__name__)
-
-Limiter = Callable[[str], AbstractContextManager]
-
-
-def no_limit(host: str) -> AbstractContextManager:
-    return contextlib.nullcontext()
 
 
 def host_of(url: str) -> str:
@@ -52,6 +48,15 @@ def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec) -> list[CacheBatch]:
     return batches
 
 
+def host_windows(recipe: XarrayZarrRecipe, batches: list[CacheBatch]) -> dict[str, int]:
+    """How many batches of each source host may fetch at once: the host's limit, or fewer if it has fewer
+    batches. Empty for inputs read in place: nothing is downloaded."""
+    if reads_in_place(recipe):
+        return {}
+    counts = Counter(b.host for b in batches)
+    return {host: min(recipe.max_concurrency_per_host, n) for host, n in sorted(counts.items())}
+
+
 def reads_in_place(recipe: XarrayZarrRecipe) -> bool:
     """Zarr inputs are directories read where they are; everything else is copied into the cache."""
     return get_opener(recipe.pattern.file_type).is_directory
@@ -62,7 +67,6 @@ def fetch_missing(
     run: RunSpec,
     batch: CacheBatch,
     lookup: Lookup = env_lookup,
-    limit: Limiter = no_limit,
 ) -> int:
     """Download every input of the batch that is not cached yet; returns how many were downloaded.
 
@@ -79,13 +83,16 @@ def fetch_missing(
     options, secrets = _access(recipe, lookup)
     staging = storage.staging_dir()
     t0, total = time.perf_counter(), 0
-    with limit(batch.host):
+    # One session per batch: a batch's inputs come from one host, so connections (and TLS) are reused.
+    with requests.Session() as session:
         for item in missing:
             display = redact_url(item.fetch_url)
             tmp = make_temp_path(staging, item.cache_key)
             try:
                 url = with_query_secrets(item.fetch_url, pattern.query_string_secrets, lookup)
-                size = download(url, tmp, display_url=display, options=dict(options), secrets=secrets)
+                size = download(
+                    url, tmp, display_url=display, options=dict(options), secrets=secrets, session=session
+                )
                 check_magic(tmp, pattern.file_type, display)
                 storage.put_file_atomic(tmp, item.cache_key)
             finally:
@@ -179,8 +186,10 @@ def cache_batch(
     run: RunSpec,
     batch: CacheBatch,
     lookup: Lookup = env_lookup,
-    limit: Limiter = no_limit,
 ) -> list[InputSummary]:
-    """The whole cache stage for one batch: fetch what is missing, then summarize every input."""
-    fetch_missing(recipe, run, batch, lookup, limit)
+    """The whole cache stage for one batch: fetch what is missing, then summarize every input.
+
+    Downloads are one at a time within a batch; the flow bounds how many batches of a host run at once
+    (:func:`host_windows`)."""
+    fetch_missing(recipe, run, batch, lookup)
     return summarize_batch(recipe, run, batch)

@@ -66,9 +66,12 @@ def _retry_after(response: requests.Response) -> float | None:
             return None
 
 
-def _http_once(url: str, dest: Path, auth: Any, headers: dict, timeout: float) -> tuple[int, float | None]:
-    """One attempt; returns (bytes written, None) or raises. A short body raises TransientSourceError."""
-    with requests.get(url, auth=auth, headers=headers, stream=True, timeout=timeout) as r:
+def _http_once(
+    http: Any, url: str, dest: Path, auth: Any, headers: dict, timeout: float
+) -> tuple[int, float | None]:
+    """One attempt through ``http`` (a Session, or the requests module); returns (bytes written, None) or
+    raises. A short body raises TransientSourceError."""
+    with http.get(url, auth=auth, headers=headers, stream=True, timeout=timeout) as r:
         if r.status_code == 429 or r.status_code >= 500:
             raise _Retryable(f"HTTP {r.status_code}", _retry_after(r))
         if r.status_code >= 400:
@@ -105,16 +108,18 @@ def download(
     secrets: list[str] | None = None,
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
+    session: requests.Session | None = None,
 ) -> int:
     """Download ``url`` to ``dest`` (a local path), retrying transient failures; returns the size.
 
     ``url`` may contain secrets; every message uses ``display_url`` and is scrubbed of ``secrets``.
+    ``session``: reuse its connections (and TLS) for a run of downloads from one host.
     """
     auth, headers, options = _http_options(options)
 
     def once() -> int:
         if url.startswith(("http://", "https://")):
-            return _http_once(url, dest, auth, headers, policy.timeout)[0]
+            return _http_once(session or requests, url, dest, auth, headers, policy.timeout)[0]
         return _fsspec_once(url, dest, options)
 
     try:

@@ -98,5 +98,11 @@ def default_chunk(item_bytes: int, total: int, target_bytes: int = 64 * 2**20) -
 
 
 def n_cache_batches(n_inputs: int, max_concurrency: int, batch_size: int) -> int:
-    """Enough batches to use the per-host concurrency, and none larger than ``batch_size`` inputs."""
-    return max(1, min(n_inputs, max(max_concurrency, math.ceil(n_inputs / batch_size))))
+    """Enough batches to use the per-host concurrency, none larger than ``batch_size`` inputs, and a
+    whole number of rounds of ``max_concurrency`` batches, so that the last round does not run alone.
+
+    >>> n_cache_batches(16_500, 4, 1000), n_cache_batches(10, 4, 1000), n_cache_batches(3, 4, 1000)
+    (20, 4, 3)
+    """
+    rounds = math.ceil(n_inputs / (batch_size * max_concurrency))
+    return max(1, min(n_inputs, rounds * max_concurrency))

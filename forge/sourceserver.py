@@ -63,6 +63,7 @@ class SourceServer:
         self.statuses: Counter[int] = Counter()
         self.active = 0
         self.max_active = 0
+        self.connections = 0  # TCP connections accepted: fewer than requests when clients keep them alive
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
@@ -94,6 +95,7 @@ class SourceServer:
             self.methods.clear()
             self.statuses.clear()
             self.max_active = 0
+            self.connections = 0
 
     # -- request handling ------------------------------------------------------------------------
     def _resolve(self, path: str) -> bytes | None:
@@ -116,9 +118,17 @@ class SourceServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, a kept-alive connection waits for the
+            # client's delayed ACK (40 ms) before each body, as real servers (TCP_NODELAY) do not.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.connections += 1
 
             def _answering(self) -> None:
                 """The request stops counting as in flight once its answer starts: the client cannot act

@@ -1,49 +1,73 @@
 from __future__ import annotations
 
-from prefect import task
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+
 from prefect.concurrency.sync import concurrency
 
-from forge.caching import cache_batch, plan_cache
+from forge.caching import cache_batch, host_windows, plan_cache
 from forge.schema import InputSummary
 from forge.types import CacheBatch, RunSpec
-from tasks.common import recipe_for, retry_transient, secret_lookup
+from tasks.common import Opaque, recipe_for, retry_transient, secret_lookup, stage
+
+logger = logging.getLogger(__name__)
 
 
 def host_limit_name(host: str) -> str:
     return f"source-host:{host}"
 
 
-def _host_limit(host: str):
-    # strict: a missing limit is a setup bug (the flow creates it), not a reason to run unthrottled.
-    return concurrency(host_limit_name(host), occupy=1, strict=True)
+@stage(name="plan-cache")
+def plan_cache_batches(run: RunSpec) -> tuple[list[Opaque[CacheBatch]], dict[str, int]]:
+    """The cache batches, grouped by source host, and how many of each host's slots this run takes.
+
+    Creates or updates each host's global concurrency limit (idempotent) before the flow takes slots.
+    """
+    from prefect.client.orchestration import get_client
+
+    recipe = recipe_for(run)
+    batches = plan_cache(recipe, run)
+    windows = host_windows(recipe, batches)
+    limit = recipe.max_concurrency_per_host
+    with get_client(sync_client=True) as client:
+        for host in windows:
+            client.upsert_global_concurrency_limit_by_name(host_limit_name(host), limit)
+    return [Opaque(b) for b in batches], windows
 
 
-@task(name="plan-cache")
-def plan_cache_batches(run: RunSpec) -> list[CacheBatch]:
-    return plan_cache(recipe_for(run), run)
-
-
-@task(
+@stage(
     name="cache-inputs",
-    task_run_name="{batch.label}",
+    task_run_name="{batch.value.label}",
     retries=3,
     retry_delay_seconds=[5, 20, 60],
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient,
 )
-def cache_inputs(batch: CacheBatch, run: RunSpec) -> list[InputSummary]:
-    """Fetch the batch's missing inputs (one slot of its host's concurrency limit) and summarize them."""
-    return cache_batch(recipe_for(run), run, batch, secret_lookup, _host_limit)
+def cache_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[InputSummary]]:
+    """Fetch the batch's missing inputs, one at a time, and summarize them."""
+    return Opaque(cache_batch(recipe_for(run), run, batch.value, secret_lookup))
 
 
-@task(name="limit-source-hosts")
-def limit_source_hosts(batches: list[CacheBatch], run: RunSpec) -> dict[str, int]:
-    """Create or update one global concurrency limit per source host (idempotent)."""
-    from prefect.client.orchestration import get_client
+@contextlib.contextmanager
+def source_host_slots(windows: Mapping[str, int]) -> Iterator[None]:
+    """Hold ``windows[host]`` slots of each host's limit while the cache stage runs.
 
-    limit = recipe_for(run).max_concurrency_per_host
-    hosts = sorted({b.host for b in batches})
-    with get_client(sync_client=True) as client:
-        for host in hosts:
-            client.upsert_global_concurrency_limit_by_name(host_limit_name(host), limit)
-    return dict.fromkeys(hosts, limit)
+    Taken once per run by the flow, not once per batch by its task: every acquisition is a write to the
+    Prefect database, and on SQLite concurrent writes make the server answer 503, which the client retries
+    after 2 s (it doubled the cache stage of 16,500 tiny inputs). Hosts in sorted order, so two runs that
+    share hosts never hold one each and wait for the other. A failed lease renewal only logs: a long cache
+    stage is not killed for it.
+    """
+    with contextlib.ExitStack() as stack:
+        for host in sorted(windows):
+            logger.info("taking %d download slots of %s", windows[host], host_limit_name(host))
+            stack.enter_context(
+                concurrency(
+                    host_limit_name(host),
+                    occupy=windows[host],
+                    strict=True,  # a missing limit is a setup bug, not a reason to run unthrottled
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+        yield

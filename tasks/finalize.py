@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import re
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from forge.target import finalize_target as finalize
 from forge.types import TargetSpec
-from tasks.common import recipe_for
+from tasks.common import recipe_for, stage
 
 
 def artifact_key(recipe_id: str) -> str:
@@ -16,7 +15,7 @@ def artifact_key(recipe_id: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"recipe-{recipe_id}".lower())[:100]
 
 
-@task(name="finalize-target", retries=2, retry_delay_seconds=10)
+@stage(name="finalize-target", retries=2, retry_delay_seconds=10)
 def finalize_target(target: TargetSpec, timings: dict[str, float] | None = None) -> dict:
     """Record provenance, consolidate metadata, and publish a summary artifact."""
     summary = finalize(recipe_for(target.run), target, {"forge:flow_run_id": str(flow_run.id or "")})

@@ -1,22 +1,23 @@
 from __future__ import annotations
 
-from prefect import task
-
 from forge.append import plan_append
 from forge.schema import InputSummary
 from forge.target import prepare_target as prepare
 from forge.types import RunSpec, TargetSpec, WriteBatch
-from tasks.common import recipe_for
+from tasks.common import Opaque, recipe_for, stage
 
 
-@task(name="prepare-target", retries=2, retry_delay_seconds=10)
-def prepare_target(run: RunSpec, summaries: list[list[InputSummary]]) -> tuple[TargetSpec, list[WriteBatch]]:
+@stage(name="prepare-target", retries=2, retry_delay_seconds=10)
+def prepare_target(
+    run: RunSpec, summaries: list[Opaque[list[InputSummary]]]
+) -> tuple[TargetSpec, list[Opaque[WriteBatch]]]:
     """Combine the schemas of all inputs, write the template, plan the writes."""
-    flat = [s for batch in summaries for s in batch]
-    return prepare(recipe_for(run), run, flat)
+    flat = [s for batch in summaries for s in batch.value]
+    target, batches = prepare(recipe_for(run), run, flat)
+    return target, [Opaque(b) for b in batches]
 
 
-@task(name="plan-append")
+@stage(name="plan-append")
 def plan_append_run(run: RunSpec) -> tuple[RunSpec, list[str]]:
     """Where the store ends, and the inputs beyond it (none: nothing to do)."""
     return plan_append(recipe_for(run), run)

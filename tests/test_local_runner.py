@@ -193,6 +193,17 @@ def test_rerun_is_idempotent(served, run_spec):
     assert_store_matches(out["url"], paths)
 
 
+def test_a_batch_downloads_over_one_kept_alive_connection(served, run_spec):
+    from forge.caching import fetch_missing, plan_cache
+
+    write_inputs(make_dataset(6), Path(served.root), 1)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 6), max_concurrency_per_host=1)
+    run = run_spec()
+    (batch,) = plan_cache(recipe, run)
+    assert fetch_missing(recipe, run, batch) == 6
+    assert sum(served.requests.values()) == 6 and served.connections == 1
+
+
 def test_zarr_inputs_are_read_in_place(tmp_path, run_spec):
     ds = make_dataset(6)
     for i in range(3):

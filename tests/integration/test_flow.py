@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import xarray as xr
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
 from flows.recipe import recipe as recipe_flow
 from forge.loading import load_recipe
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
 from forge.types import RunSpec
+from tasks.cache import host_limit_name
 from tests.integration.helpers import SOURCE, flow_run, logs, task_runs, write_recipe
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -138,9 +145,27 @@ def test_per_host_limit(served, tmp_path, limit):
     recipe_dir = write_recipe(
         tmp_path, len(paths), chunk=4, recipe_kwargs=f"max_concurrency_per_host={limit}, cache_batch_size=4"
     )
-    state = run_flow(recipe_dir, tmp_path, served)
+    held = []  # the limit's occupied slots, read from the Prefect API while the flow runs
+    stop = threading.Event()
+
+    def watch() -> None:
+        name = host_limit_name(urlsplit(served.url).netloc)
+        with get_client(sync_client=True) as client:
+            while not stop.wait(0.2):
+                with contextlib.suppress(ObjectNotFound):
+                    held.append(client.read_global_concurrency_limit_by_name(name).active_slots)
+
+    # in this thread's context: Prefect froze its settings at import, the test server's URL is in a contextvar
+    watcher = threading.Thread(target=contextvars.copy_context().run, args=(watch,))
+    watcher.start()
+    try:
+        state = run_flow(recipe_dir, tmp_path, served)
+    finally:
+        stop.set()
+        watcher.join()
     assert state.is_completed(), state.message
     assert served.max_active == limit  # two Dask workers would reach 2 without the limit
+    assert max(held) == limit and held[-1] == 0  # the run held its slots, and gave them back
 
 
 def test_transient_failures_are_retried_to_success(served, tmp_path):

@@ -1,0 +1,49 @@
+"""Submitting task runs at most a few at a time per group: the flow's side of a per-host download limit."""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from prefect.futures import PrefectFuture
+
+T = TypeVar("T")
+
+
+def submit_windowed(
+    submit: Callable[[T], PrefectFuture],
+    items: Sequence[T],
+    group: Callable[[T], str],
+    windows: Mapping[str, int],
+) -> list[PrefectFuture]:
+    """``submit(item)`` for every item, with at most ``windows[group(item)]`` of a group unfinished at
+    any time (a group without a window is submitted at once). Returns the futures in item order, once
+    all have finished, failed ones included: the caller decides what a failure means.
+
+    A submitted task run may start at once, so the window bounds submissions, not just running tasks.
+    """
+    waiting: dict[str, deque[int]] = {}
+    for i, item in enumerate(items):
+        waiting.setdefault(group(item), deque()).append(i)
+    futures: list[PrefectFuture | None] = [None] * len(items)
+    finished: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def submit_next(key: str) -> None:
+        i = waiting[key].popleft()
+        futures[i] = future = submit(items[i])
+        future.add_done_callback(lambda _: finished.put(key))
+
+    unfinished = 0
+    for key, indices in waiting.items():
+        for _ in range(min(windows.get(key, len(indices)), len(indices))):
+            submit_next(key)
+            unfinished += 1
+    while unfinished:
+        key = finished.get()
+        unfinished -= 1
+        if waiting[key]:
+            submit_next(key)
+            unfinished += 1
+    return futures  # type: ignore[return-value]  (every slot was filled)
