@@ -76,7 +76,8 @@ def recipe(
         summaries = submit_windowed(
             lambda b: cache_inputs.submit(b, run), batches, lambda b: b.value.host, windows
         )
-    target, write_batches = prepare_target(run, summaries)
+    # On a worker, not in the flow's process: it holds every input's summary (about 9 KB each).
+    target, write_batches = prepare_target.submit(run, summaries).result()
     timings["cache + prepare"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
