@@ -1,17 +1,15 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator, Mapping
 
+from prefect import get_run_logger
 from prefect.concurrency.sync import concurrency
 
 from forge.caching import cache_batch, host_windows, plan_cache
 from forge.schema import InputSummary
 from forge.types import CacheBatch, RunSpec
 from tasks.common import Opaque, recipe_for, retry_transient, secret_lookup, stage
-
-logger = logging.getLogger(__name__)
 
 
 def host_limit_name(host: str) -> str:
@@ -59,9 +57,10 @@ def source_host_slots(windows: Mapping[str, int]) -> Iterator[None]:
     share hosts never hold one each and wait for the other. A failed lease renewal only logs: a long cache
     stage is not killed for it.
     """
+    log = get_run_logger()  # the flow run's log: where users look when another run holds the slots
     with contextlib.ExitStack() as stack:
         for host in sorted(windows):
-            logger.info("taking %d download slots of %s", windows[host], host_limit_name(host))
+            log.info("taking %d download slots of %s", windows[host], host_limit_name(host))
             stack.enter_context(
                 concurrency(
                     host_limit_name(host),

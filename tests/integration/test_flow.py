@@ -166,6 +166,7 @@ def test_per_host_limit(served, tmp_path, limit):
     assert state.is_completed(), state.message
     assert served.max_active == limit  # two Dask workers would reach 2 without the limit
     assert max(held) == limit and held[-1] == 0  # the run held its slots, and gave them back
+    assert f"taking {limit} download slots of source-host:" in logs(state.state_details.flow_run_id)
 
 
 def test_transient_failures_are_retried_to_success(served, tmp_path):
