@@ -168,8 +168,9 @@ def task_runner_for(bakery: Bakery | None, address: str | None = None, workers: 
 
     from flows.runner import local_task_runner
 
-    if dask_address(address):
-        return DaskTaskRunner(address=dask_address(address))
+    address = dask_address(address)
+    if address:
+        return DaskTaskRunner(address=address)
     if on_local_cluster(bakery):
         return local_task_runner(workers)
     name = f"forge-{uuid.uuid4().hex[:10]}"  # one cluster per flow run; each run is its own pod

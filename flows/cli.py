@@ -58,9 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.append and append_is_a_no_op(args, rewrites):
             return 0
         t0 = time.perf_counter()
-        if args.workers:
-            os.environ["FORGE_DASK_WORKERS"] = str(args.workers)  # the flow plans its write batches for it
-        runner = stack.enter_context(run_stack(args.dask_address, args.workers))
+        if args.workers:  # read by the local cluster and by the flow, which plans its write batches for it
+            os.environ["FORGE_DASK_WORKERS"] = str(args.workers)
+        runner = stack.enter_context(run_stack(args.dask_address))
         api = os.environ["PREFECT_API_URL"]
         print(f"Prefect API {api} and Dask cluster ready in {time.perf_counter() - t0:.1f}s")
         from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, recipe

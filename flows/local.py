@@ -118,11 +118,12 @@ def prefect_api() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def run_stack(dask_address: str | None = None, workers: int | None = None) -> Iterator:
+def run_stack(dask_address: str | None = None) -> Iterator:
     """The task runner for a run from this machine, with a Prefect API up.
 
     On the local bakery the Dask cluster starts (its workers importing the tasks' modules) while the
-    server boots; a cloud bakery or ``dask_address`` gets its own runner, as the flow would.
+    server boots, sized by FORGE_DASK_WORKERS as the flow's write plan is; a cloud bakery or
+    ``dask_address`` gets its own runner, as the flow would.
     """
     from flows.bakery import current_bakery, on_local_cluster, task_runner_for
 
@@ -130,14 +131,14 @@ def run_stack(dask_address: str | None = None, workers: int | None = None) -> It
     with contextlib.ExitStack() as stack:
         server = None if os.environ.get("PREFECT_API_URL") else stack.enter_context(PrefectServer())
         if not on_local_cluster(bakery, dask_address):
-            runner = task_runner_for(bakery, dask_address, workers)
+            runner = task_runner_for(bakery, dask_address)
         else:
             from distributed import LocalCluster
             from prefect_dask import DaskTaskRunner
 
             from flows.runner import local_cluster_kwargs
 
-            cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(workers)))
+            cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs()))
             runner = DaskTaskRunner(address=cluster.scheduler_address)
         if server is not None:
             server.wait_ready()
