@@ -132,13 +132,20 @@ def cluster_spec(dask: KubeDask, name: str, env: dict[str, str] | None = None) -
     """The DaskCluster resource the dask-kubernetes operator creates for one flow run."""
     from dask_kubernetes.operator import make_cluster_spec
 
+    from flows.runner import WORKER_CONFIG, config_env
+
     spec = make_cluster_spec(
-        name=name, image=dask.image, n_workers=dask.adapt_minimum, resources=dask.worker.k8s(), env=env or {}
+        name=name,
+        image=dask.image,
+        n_workers=dask.adapt_minimum,
+        resources=dask.worker.k8s(),
+        env={**config_env(WORKER_CONFIG), **(env or {})},
     )
     worker = spec["spec"]["worker"]["spec"]
     # One thread per worker: HDF5 decoding holds the GIL. No nanny: it would set MALLOC_TRIM_THRESHOLD_ (1.3x
     # slower store step, benchmarks/results/throughput-120d.txt); Kubernetes restarts a dead worker pod.
-    worker["containers"][0]["args"] += ["--nthreads", "1", "--no-nanny"]
+    # The preload imports what the tasks need as the pod starts, not in its first task (flows/worker_preload).
+    worker["containers"][0]["args"] += ["--nthreads", "1", "--no-nanny", "--preload", "flows.worker_preload"]
     worker["serviceAccountName"] = dask.service_account  # storage credentials by workload identity / IRSA
     worker["nodeSelector"] = dict(dask.node_selector)
     worker["tolerations"] = [dict(t) for t in dask.tolerations]

@@ -1,7 +1,16 @@
-"""Imported by every local Dask worker as it starts (``preload``): the modules its tasks run on."""
+"""Imported by every Dask worker as it starts (``preload``): what its first task would otherwise wait for.
+
+Prefect loads its collections (prefect-kubernetes alone is 3 s of imports) in a worker's first task run,
+so the first round of cache batches started seconds late; here it happens while the cluster starts.
+"""
 
 import netCDF4  # noqa: F401
+import prefect.task_engine  # noqa: F401
 import zarr  # noqa: F401
+from prefect.plugins import load_prefect_collections
 
 import tasks.cache  # noqa: F401
+import tasks.prepare  # noqa: F401
 import tasks.store  # noqa: F401
+
+load_prefect_collections()

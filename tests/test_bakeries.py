@@ -86,8 +86,11 @@ def test_cluster_spec_is_a_valid_daskcluster_with_spot_workers(cloud):
     assert container["resources"]["limits"] == {"cpu": dask.worker.cpu, "memory": dask.worker.memory}
     assert container["resources"]["requests"] == container["resources"]["limits"]
     assert "--no-nanny" in container["args"]
+    assert container["args"][container["args"].index("--preload") + 1] == "flows.worker_preload"
     assert container["args"][container["args"].index("--nthreads") + 1] == "1"
     assert {"name": "FORGE_BAKERY", "value": cloud} in container["env"]
+    # Read by Dask in the pod as distributed.worker.profile.enabled = False (flows/runner.WORKER_CONFIG).
+    assert {"name": "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "value": "False"} in container["env"]
     assert pod["serviceAccountName"] == dask.service_account
     assert pod["nodeSelector"] == dask.node_selector == {"forge.dev/pool": "dask"}
     # Workers tolerate the taint Terraform puts on the spot pool, and the cloud's own spot taint if any.
@@ -133,6 +136,37 @@ def test_local_bakery_gets_a_local_cluster_of_processes(monkeypatch):
     runner = task_runner_for(get_bakery("local"), workers=3)
     assert import_object(runner.cluster_class) is LocalCluster
     assert runner.cluster_kwargs["n_workers"] == 3 and runner.cluster_kwargs["threads_per_worker"] == 1
+
+
+def _worker_setup() -> dict:
+    import os
+    import sys
+
+    import dask
+
+    return {
+        "profile": dask.config.get("distributed.worker.profile.enabled"),
+        "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        # What the first task would import (Prefect loads its collections in a worker's first task run).
+        "preloaded": {"tasks.cache", "tasks.prepare", "tasks.store", *collections()} <= set(sys.modules),
+    }
+
+
+def collections() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {ep.value for ep in entry_points(group="prefect.collections")}
+
+
+def test_local_workers_start_without_the_profiler_or_malloc_trim_and_with_the_tasks_imported():
+    assert "prefect_kubernetes" in collections()  # the slow one (3 s of imports)
+    from distributed import Client
+
+    from flows.runner import local_cluster_kwargs
+
+    with LocalCluster(**local_cluster_kwargs(1)) as cluster, Client(cluster) as client:
+        (setup,) = client.run(_worker_setup).values()
+    assert setup == {"profile": False, "malloc_trim": None, "preloaded": True}
 
 
 @pytest.mark.parametrize("cloud", sorted(CLOUDS))
