@@ -111,7 +111,19 @@ def xarray_dask(files: list[Path], out: Path, workers: int, codec: str) -> dict:
             compat="override",
         )
         compressors = _zarr_codecs(codec)
-        encoding = {v: {"compressors": compressors} for v in VARIABLES} if compressors else None
+        # Passing an encoding replaces the source's: keep its packing (int16, scale/offset), as the others do.
+        packing = ("dtype", "scale_factor", "add_offset", "_FillValue")
+        encoding = (
+            {
+                v: {
+                    **{k: ds[v].encoding[k] for k in packing if k in ds[v].encoding},
+                    "compressors": compressors,
+                }
+                for v in VARIABLES
+            }
+            if compressors
+            else None
+        )
         ds.chunk({"time": CHUNK}).to_zarr(out, mode="w", consolidated=True, encoding=encoding)
         seconds = time.perf_counter() - t0
     return {"seconds": seconds, "stored_mb": _size_mb(out)}

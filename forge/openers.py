@@ -37,7 +37,8 @@ OPENERS: dict[str, Opener] = {
     "netcdf4": Opener(
         "netcdf4", "netCDF4", "pip install netCDF4", (HDF5_MAGIC, b"CDF\x01", b"CDF\x02"), netcdf_c=True
     ),
-    "hdf5": Opener("h5netcdf", "h5py", "pip install h5netcdf h5py", (HDF5_MAGIC,)),  # h5netcdf reads through h5py
+    # h5netcdf reads through h5py, which it no longer installs itself
+    "hdf5": Opener("h5netcdf", "h5py", "pip install h5netcdf h5py", (HDF5_MAGIC,)),
     # no mmap: summaries keep small arrays after the file is closed
     "netcdf3": Opener(
         "scipy",
