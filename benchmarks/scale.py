@@ -353,7 +353,7 @@ def main() -> None:
         print("CPU seconds during the reference")
         for role, seconds in ref.cpu.items():
             print(f"{'  ' + role:40s} {seconds:.1f} s")
-    peak_mb = max(seen["peak MB"] for _, _, seen in pairs)
+    peak_mb = max(run_seen["peak MB"] for _, _, run_seen in pairs)
     print(f"{'flow process peak RSS (during the flow)':40s} {peak_mb:.0f} MB")
     print(f"{'plan 225,000 keys (cache batches)':40s} {plan_seconds:.2f} s")
 

@@ -148,18 +148,19 @@ def _worker_setup() -> dict:
         "profile": dask.config.get("distributed.worker.profile.enabled"),
         "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
         # What the first task would import (Prefect loads its collections in a worker's first task run).
-        "preloaded": {"tasks.cache", "tasks.prepare", "tasks.store", *collections()} <= set(sys.modules),
+        "preloaded": {"tasks.cache", "tasks.prepare", "tasks.store", *prefect_collections()}
+        <= set(sys.modules),
     }
 
 
-def collections() -> set[str]:
+def prefect_collections() -> set[str]:
     from importlib.metadata import entry_points
 
     return {ep.value for ep in entry_points(group="prefect.collections")}
 
 
 def test_local_workers_start_without_the_profiler_or_malloc_trim_and_with_the_tasks_imported():
-    assert "prefect_kubernetes" in collections()  # the slow one (3 s of imports)
+    assert "prefect_kubernetes" in prefect_collections()  # the slow one (3 s of imports)
     from distributed import Client
 
     from flows.runner import local_cluster_kwargs
