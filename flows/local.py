@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -22,6 +26,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def one_root_bundle(directory: Path) -> str:
+    """A CA file holding one root certificate (certifi's first), for API clients of a plain-HTTP server.
+
+    Every Prefect API client builds an SSLContext from PREFECT_API_SSL_CERT_FILE, or else from certifi's
+    ~150 roots (35 ms), even when the API is plain HTTP and the context is never used; a task run on a
+    Dask worker makes two clients (PrefectHQ/prefect#19106). One root takes 1 ms, and trusts nothing
+    the full bundle does not.
+    """
+    import certifi
+
+    pem = Path(certifi.where()).read_text()
+    first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", pem, re.DOTALL)
+    if first is None:
+        raise RuntimeError(f"no certificate in {certifi.where()}")
+    path = directory / "one-root.pem"
+    path.write_text(first.group(0))
+    return str(path)
 
 
 class PrefectServer:
@@ -75,12 +98,16 @@ class PrefectServer:
 
     def __enter__(self) -> PrefectServer:
         """Started, its URL this process's API (Prefect froze its settings at import) and in
-        PREFECT_API_URL: Dask workers started from here on inherit it."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        PREFECT_API_URL: Dask workers started from here on inherit it (and the CA file of the plain-HTTP
+        API's clients, :func:`one_root_bundle`)."""
+        from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
 
         self.start()
-        os.environ["PREFECT_API_URL"] = self.api_url
-        self._settings = temporary_settings(updates={PREFECT_API_URL: self.api_url})
+        self._scratch = Path(tempfile.mkdtemp(prefix="forge-api-"))
+        updates = {PREFECT_API_URL: self.api_url, PREFECT_API_SSL_CERT_FILE: one_root_bundle(self._scratch)}
+        self._environ = {setting.name: os.environ.get(setting.name) for setting in updates}
+        os.environ.update({setting.name: str(value) for setting, value in updates.items()})
+        self._settings = temporary_settings(updates=updates)
         self._settings.__enter__()
         return self
 
@@ -91,9 +118,14 @@ class PrefectServer:
 
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
-        os.environ.pop("PREFECT_API_URL", None)
+        for name, value in self._environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         self._settings.__exit__(*exc)
         self.stop()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -41,8 +41,10 @@ class XarrayZarrRecipe:
         Simultaneous requests to one source server, across all workers and all runs.
     cache_batch_size, max_write_batches
         Bounds that keep the number of Prefect task runs proportional to batches, not inputs or chunks.
-        A cache batch is one task run, and each costs Prefect about 0.3 s of a worker's time: 1,000
-        inputs per batch keeps that under 10% even for tiny inputs (benchmarks/scale.py).
+        A cache batch is one task run, and each costs Prefect about 0.2 s of a worker's time and 0.1 s of
+        the flow's: 2,500 inputs per batch (in whole rounds of the host's limit: 16,500 inputs make 8)
+        keeps that near 3% even for tiny inputs of 5 ms each (benchmarks/scale.py). A retried batch
+        downloads only what it is missing.
     compressors
         Zarr codecs for the data variables, e.g. ``(zarr.codecs.BloscCodec(cname="lz4"),)``; None keeps
         Zarr's default (zstd level 0, which benchmarks/throughput.py compares with the alternatives).
@@ -56,7 +58,7 @@ class XarrayZarrRecipe:
     consolidated: bool = True
     attrs: Mapping[str, Any] = field(default_factory=dict)
     max_concurrency_per_host: int = 4
-    cache_batch_size: int = 1000
+    cache_batch_size: int = 2500
     max_write_batches: int = 32
     compressors: tuple[Any, ...] | None = None
 

@@ -40,6 +40,11 @@ class Opaque(Generic[T]):
     def __init__(self, value: T):
         self.value = value
 
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        """Not the value's: Dask would pickle a whole batch (at least twice) to name each task run it is
+        submitted with, and the name is unique anyway (it holds the task run's id)."""
+        return ("forge.Opaque", id(self))
+
 
 def secret_lookup(name: str) -> str | None:
     """An environment variable first, then a Prefect Secret block (``MY_TOKEN`` -> ``my-token``)."""
