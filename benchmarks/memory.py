@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from rss import read_peak, reset_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,16 +31,6 @@ NLAT, NLON, VARIABLES = 720, 1440, ("sst", "anom")
 
 def _mb(kb: int) -> float:
     return kb / 1024
-
-
-def reset_peak() -> int:
-    """Reset this process's peak RSS (VmHWM); returns its RSS now, in kB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-
-
-def read_peak() -> int:
-    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
 def write_inputs(directory: Path, n_inputs: int, steps: int) -> list[Path]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from rss import read_peak, reset_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -179,17 +180,6 @@ def cpu_by_role(source_pid: int) -> Counter[str]:
     return seconds
 
 
-def reset_peak_rss() -> None:
-    """Start this process's peak RSS (VmHWM) afresh (Linux 4.0+): the flow's peak, not the reference's or
-    the 225,000-key plan's."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
-
-
 def pool_cpu() -> float:
     """CPU seconds of this process and its finished children (the reference's pool)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -261,7 +251,7 @@ def measure_flow(recipe_dir: Path, out: Path, srv: _ServedApart) -> tuple[Measur
         from flows.recipe import recipe
 
         cpu = cpu_by_role(srv.pid)
-        reset_peak_rss()
+        reset_peak()  # the flow's peak, not the reference's or the 225,000-key plan's
         t0 = time.perf_counter()
         state = recipe.with_options(task_runner=runner)(
             recipe=str(recipe_dir),
@@ -277,7 +267,7 @@ def measure_flow(recipe_dir: Path, out: Path, srv: _ServedApart) -> tuple[Measur
             "task runs": count_task_runs(state.state_details.flow_run_id),
             "requests": srv.requests(),
             "stack start": t_stack,
-            "peak MB": peak_rss_mb(),
+            "peak MB": read_peak() / 1024,
             "url": summary["url"],
         }
     return Measured(wall, summary["timings"], dict(cpu)), seen
