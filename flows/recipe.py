@@ -11,6 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
+from flows.gc_freeze import loaded_frozen
 from flows.windows import submit_windowed
 from forge.append import describe_append
 from forge.loading import find_recipe
@@ -47,7 +48,9 @@ def run_spec(
 
 
 # The bakery (FORGE_BAKERY, set by the deployment) picks the task runner: local processes or a KubeCluster.
+# No full garbage collection walks what the process loaded before the run (Prefect, Dask, xarray).
 @flow(name="recipe", task_runner=task_runner_for(current_bakery()), log_prints=True)
+@loaded_frozen
 def recipe(
     recipe: str,
     target_root: str = DEFAULT_TARGET_ROOT,

@@ -19,7 +19,7 @@ from forge.openers import check_magic, get_opener, open_input, open_raw
 from forge.patterns import rewrite_url
 from forge.plan import n_cache_batches, split_evenly
 from forge.recipe import XarrayZarrRecipe
-from forge.schema import InputSummary, summarize
+from forge.schema import InputSummary, share_equal_parts, summarize
 from forge.secrets import Lookup, env_lookup, redact_url, resolve, secret_values, with_query_secrets
 from forge.storage import Storage
 from forge.types import CacheBatch, CacheItem, RunSpec
@@ -178,7 +178,7 @@ def summarize_batch(recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch) -
         location = location_of(recipe, item)
         with opened(recipe, storage, location, item.url) as ds:
             out.append(summarize(ds, item.key, item.url, location, size, recipe.concat_dim))
-    return out
+    return share_equal_parts(out)
 
 
 def cache_batch(

@@ -9,8 +9,9 @@ is written, with a message naming the file(s) and the variable.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,10 @@ def _sorted_repr(d: Mapping) -> str:
     return repr(sorted((k, str(v)) for k, v in d.items()))
 
 
+def _same_encoding(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a is b or (set(a) == set(b) and all(_same(a[k], b[k]) for k in a))
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, str | bytes) or isinstance(b, str | bytes):
         return type(a) is type(b) and a == b
@@ -171,6 +176,35 @@ def summarize(
     )
 
 
+def share_equal_parts(summaries: Sequence[InputSummary]) -> list[InputSummary]:
+    """The same summaries, with equal parts (dims, variables, attrs) shared as one object.
+
+    Inputs of one product repeat one schema. Shared, a batch's summaries pickle it once (pickle
+    memoizes objects), load in a tenth of the time, take a fraction of the memory, and :func:`combine`
+    skips comparing a part with itself: 16,500 tiny inputs took prepare-target 1.7 s unshared, most of
+    it loading and comparing copies. Parts are never mutated, so sharing them is safe.
+    """
+    by_pickle: dict[bytes, Any] = {}
+    by_id: dict[int, Any] = {}  # parts seen in this call (all alive: the summaries hold them)
+    tuples: dict[tuple[int, ...], tuple[VariableSummary, ...]] = {}  # by the ids of shared members
+
+    def shared(part: Any) -> Any:
+        if (found := by_id.get(id(part))) is None:
+            # Equal pickles mean equal values, NaN fill values included (== would say they differ).
+            key = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            found = by_id[id(part)] = by_pickle.setdefault(key, part)
+        return found
+
+    out = []
+    for s in summaries:
+        variables = tuple(shared(v) for v in s.variables)
+        variables = tuples.setdefault(tuple(map(id, variables)), variables)
+        dims, attrs = shared(s.dims), shared(s.attrs)
+        unchanged = dims is s.dims and variables is s.variables and attrs is s.attrs
+        out.append(s if unchanged else replace(s, dims=dims, variables=variables, attrs=attrs))
+    return out
+
+
 def _merge_part(key: Key, concat_dim: str | None) -> tuple[tuple[str, int], ...]:
     return tuple((n, p) for n, p in key.positions if n != concat_dim)
 
@@ -178,6 +212,8 @@ def _merge_part(key: Key, concat_dim: str | None) -> tuple[tuple[str, int], ...]
 def _check_same_variable(
     ref: VariableSummary, other: VariableSummary, ref_url: str, url: str, concat_dim: str | None
 ) -> None:
+    if ref is other:
+        return
     name = ref.name
     if ref.dims != other.dims:
         raise InputError(f"variable {name!r} has dims {other.dims} in {url} but {ref.dims} in {ref_url}")
@@ -207,7 +243,7 @@ def combine(
     """Check that all inputs agree and build the target's :class:`Template`."""
     if not summaries:
         raise InputError("the pattern has no inputs")
-    ordered = sorted(summaries, key=lambda s: s.key)
+    ordered = sorted(share_equal_parts(summaries), key=lambda s: s.key)
     groups: dict[tuple, list[InputSummary]] = {}
     for s in ordered:
         groups.setdefault(_merge_part(s.key, concat_dim), []).append(s)
@@ -238,6 +274,8 @@ def combine(
         ref = members[0]
         names = {v.name for v in ref.variables}
         for other in members[1:]:
+            if other.variables is ref.variables:  # shared (share_equal_parts): nothing to compare
+                continue
             other_names = {v.name for v in other.variables}
             if names != other_names:
                 missing, extra = sorted(names - other_names), sorted(other_names - names)
@@ -266,8 +304,7 @@ def combine(
             if not along:
                 static_digests[v.name] = (v.digest, ref.url)
             raw_ok = not preprocessed and all(
-                set(m.variable(v.name).encoding) == set(v.encoding)
-                and all(_same(m.variable(v.name).encoding[k], v.encoding[k]) for k in v.encoding)
+                m.variables is ref.variables or _same_encoding(m.variable(v.name).encoding, v.encoding)
                 for m in members
             )
             shape = tuple(
@@ -294,7 +331,7 @@ def combine(
     attrs = {
         k: v
         for k, v in ordered[0].attrs.items()
-        if all(k in s.attrs and _same(s.attrs[k], v) for s in ordered[1:])
+        if all(s.attrs is ordered[0].attrs or (k in s.attrs and _same(s.attrs[k], v)) for s in ordered[1:])
     }
     return Template(
         concat_dim, length_list, sizes, tuple(specs.values()), attrs, concat_values, concat_encoding

@@ -139,6 +139,7 @@ def test_local_bakery_gets_a_local_cluster_of_processes(monkeypatch):
 
 
 def _worker_setup() -> dict:
+    import gc
     import os
     import sys
 
@@ -150,6 +151,8 @@ def _worker_setup() -> dict:
         # What the first task would import (Prefect loads its collections in a worker's first task run).
         "preloaded": {"tasks.cache", "tasks.prepare", "tasks.store", *prefect_collections()}
         <= set(sys.modules),
+        # What it imported is out of the cycle collector's full passes (flows/gc_freeze.py).
+        "frozen": gc.get_freeze_count() > 100_000,
     }
 
 
@@ -159,7 +162,7 @@ def prefect_collections() -> set[str]:
     return {ep.value for ep in entry_points(group="prefect.collections")}
 
 
-def test_local_workers_start_without_the_profiler_or_malloc_trim_and_with_the_tasks_imported():
+def test_local_workers_start_without_the_profiler_or_malloc_trim_and_with_the_tasks_imported_and_frozen():
     assert "prefect_kubernetes" in prefect_collections()  # the slow one (3 s of imports)
     from distributed import Client
 
@@ -167,7 +170,7 @@ def test_local_workers_start_without_the_profiler_or_malloc_trim_and_with_the_ta
 
     with LocalCluster(**local_cluster_kwargs(1)) as cluster, Client(cluster) as client:
         (setup,) = client.run(_worker_setup).values()
-    assert setup == {"profile": False, "malloc_trim": None, "preloaded": True}
+    assert setup == {"profile": False, "malloc_trim": None, "preloaded": True, "frozen": True}
 
 
 @pytest.mark.parametrize("cloud", sorted(CLOUDS))

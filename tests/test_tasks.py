@@ -1,14 +1,19 @@
-"""What the Prefect layer adds around the core: cheap task-run names for batches, the API clients' CA file."""
+"""What the Prefect layer adds around the core: cheap task-run names for batches, the API clients' CA file,
+the flow's process kept out of full garbage collections."""
 
 from __future__ import annotations
 
+import gc
 import os
 import ssl
 from pathlib import Path
 
+import cloudpickle
+import pytest
 from dask.tokenize import tokenize
 
 from flows.local import one_root_bundle
+from flows.recipe import recipe
 from tasks.common import Opaque
 
 
@@ -37,3 +42,21 @@ def test_the_local_servers_clients_use_the_one_root_bundle(prefect_server):
     path = get_current_settings().api.ssl_cert_file
     assert path == os.environ["PREFECT_API_SSL_CERT_FILE"]  # what the Dask workers inherit
     assert Path(path).read_text().count("BEGIN CERTIFICATE") == 1
+
+
+def test_the_recipe_flow_runs_with_what_was_loaded_frozen_then_unfreezes(monkeypatch):
+    import flows.recipe
+
+    seen = []
+
+    def first_step(*args):
+        seen.append(gc.get_freeze_count())
+        raise RuntimeError("a failed run")
+
+    monkeypatch.setattr(flows.recipe, "run_spec", first_step)
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError, match="a failed run"):
+        recipe.fn("any-recipe")  # the flow's body, without Prefect's engine
+    assert seen[0] > 100_000  # Prefect, Dask and xarray's objects
+    assert gc.get_freeze_count() == 0  # unfrozen after the run, a failed one too
+    cloudpickle.dumps(recipe)  # what Prefect does with the flow for every task it submits to Dask
