@@ -180,9 +180,10 @@ def share_equal_parts(summaries: Sequence[InputSummary]) -> list[InputSummary]:
     """The same summaries, with equal parts (dims, variables, attrs) shared as one object.
 
     Inputs of one product repeat one schema. Shared, a batch's summaries pickle it once (pickle
-    memoizes objects), load in a tenth of the time, take a fraction of the memory, and :func:`combine`
-    skips comparing a part with itself: 16,500 tiny inputs took prepare-target 1.7 s unshared, most of
-    it loading and comparing copies. Parts are never mutated, so sharing them is safe.
+    memoizes objects), so they move between processes smaller and load about 4x faster, take a fraction
+    of the memory, and :func:`combine` skips comparing a part with itself: for 16,500 tiny inputs,
+    loading and combining the summaries took 1.7 s unshared and 0.6 s shared. Parts are never mutated,
+    so sharing them is safe.
     """
     by_pickle: dict[bytes, Any] = {}
     by_id: dict[int, Any] = {}  # parts seen in this call (all alive: the summaries hold them)
