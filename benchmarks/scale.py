@@ -7,7 +7,8 @@ the time to plan a 225,000-key pattern.
 Prefect overhead is measured against a reference: the same core stages on the same batches over a plain
 process pool of as many workers, no Prefect and no Dask (cold as well: its own cache, its own store). Both
 do the same reading, decoding, encoding and writing, so the difference in wall time is what orchestration
-costs (Prefect, the Dask cluster, moving summaries between processes).
+costs (Prefect, the Dask cluster, moving summaries between processes). With ``--repeat``, every other pair
+runs the flow first, so a drift in this machine's speed does not always favour the same side.
 
 Each input is a tiny netCDF3 file (one time step, 4x4 grid). The server makes them on request by writing
 the time value into a template at its byte offset, so 100,000 distinct files cost nothing to prepare.
@@ -280,7 +281,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "forge-scale")
     parser.add_argument("--no-reference", action="store_true", help="skip the process-pool reference run")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="reference-then-flow pairs; the overhead is their median"
+        "--repeat",
+        type=int,
+        default=1,
+        help="reference and flow pairs (every other one flow first); the overhead is their median",
     )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -309,14 +313,20 @@ def main() -> None:
             for d in (out, ref_out):
                 shutil.rmtree(d, ignore_errors=True)  # measure cold runs: nothing cached, no store
             os.sync()
+            # Every other pair runs the flow first (ABBA): this machine's speed drifts within minutes.
+            flow_first = i % 2 == 1 and not args.no_reference
+            if flow_first:
+                flow, seen = measure_flow(recipe_dir, out, srv)
+                os.sync()
             ref = None if args.no_reference else measure_reference(recipe_dir, ref_out, srv, args.workers)
             os.sync()  # the reference's cache files are written back now, not during the flow
-            flow, seen = measure_flow(recipe_dir, out, srv)
+            if not flow_first:
+                flow, seen = measure_flow(recipe_dir, out, srv)
             store = xr.open_zarr(seen["url"])
             assert store.sizes["time"] == args.inputs
             assert float(store.time[-1].dt.hour) == (args.inputs - 1) % 24
             pairs.append((ref, flow, seen))
-            line = f"run {i + 1}: flow {flow.wall:.1f} s"
+            line = f"run {i + 1}{' (flow first)' if flow_first else ''}: flow {flow.wall:.1f} s"
             if ref is not None:
                 line += f", reference {ref.wall:.1f} s, overhead {overhead_text(ref, flow)}"
             print(line, flush=True)
@@ -325,7 +335,7 @@ def main() -> None:
     ref, flow, seen = sorted(pairs, key=lambda p: p[1].wall - (p[0].wall if p[0] else 0))[len(pairs) // 2]
     print(f"\n{args.inputs} inputs, {args.workers} Dask workers, {os.cpu_count()} cores")
     if len(pairs) > 1:
-        print(f"(the median of {len(pairs)} reference-then-flow pairs)")
+        print(f"(the median of {len(pairs)} pairs, every other one with the flow first)")
     print(f"{'Prefect task runs':40s} {seen['task runs']}")
     print(f"{'source requests':40s} {seen['requests']}")
     print(f"{'Prefect server + Dask cluster start':40s} {seen['stack start']:.1f} s")
