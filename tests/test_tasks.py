@@ -45,15 +45,13 @@ def test_the_local_servers_clients_use_the_one_root_bundle(prefect_server):
 
 
 def test_the_recipe_flow_runs_with_what_was_loaded_frozen_then_unfreezes(monkeypatch):
-    import flows.recipe
-
     seen = []
 
     def first_step(*args):
         seen.append(gc.get_freeze_count())
         raise RuntimeError("a failed run")
 
-    monkeypatch.setattr(flows.recipe, "run_spec", first_step)
+    monkeypatch.setattr("flows.recipe.run_spec", first_step)  # the module the flow's body looks it up in
     assert gc.get_freeze_count() == 0
     with pytest.raises(RuntimeError, match="a failed run"):
         recipe.fn("any-recipe")  # the flow's body, without Prefect's engine
