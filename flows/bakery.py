@@ -132,14 +132,14 @@ def cluster_spec(dask: KubeDask, name: str, env: dict[str, str] | None = None) -
     """The DaskCluster resource the dask-kubernetes operator creates for one flow run."""
     from dask_kubernetes.operator import make_cluster_spec
 
-    from flows.runner import WORKER_CONFIG, config_env
+    from flows.runner import CLUSTER_CONFIG, config_env
 
     spec = make_cluster_spec(
         name=name,
         image=dask.image,
         n_workers=dask.adapt_minimum,
         resources=dask.worker.k8s(),
-        env={**config_env(WORKER_CONFIG), **(env or {})},
+        env={**config_env(CLUSTER_CONFIG), **(env or {})},
     )
     worker = spec["spec"]["worker"]["spec"]
     # One thread per worker: HDF5 decoding holds the GIL. No nanny: it would set MALLOC_TRIM_THRESHOLD_ (1.3x

@@ -16,11 +16,13 @@ def host_limit_name(host: str) -> str:
     return f"source-host:{host}"
 
 
-@stage(name="plan-cache")
 def plan_cache_batches(run: RunSpec) -> tuple[list[Opaque[CacheBatch]], dict[str, int]]:
     """The cache batches, grouped by source host, and how many of each host's slots this run takes.
 
     Creates or updates each host's global concurrency limit (idempotent) before the flow takes slots.
+    Run by the flow itself, not as a task: the server records a finished task's state just as the flow
+    then takes its slots, and on SQLite one of those two writes is refused with a 503 that the client
+    retries 2 s later (in half of the runs).
     """
     from prefect.client.orchestration import get_client
 
@@ -31,6 +33,12 @@ def plan_cache_batches(run: RunSpec) -> tuple[list[Opaque[CacheBatch]], dict[str
     with get_client(sync_client=True) as client:
         for host in windows:
             client.upsert_global_concurrency_limit_by_name(host_limit_name(host), limit)
+    get_run_logger().info(
+        "%d inputs to cache in %d batches from %d source host(s)",
+        sum(len(b.items) for b in batches),
+        len(batches),
+        len({b.host for b in batches}),
+    )
     return [Opaque(b) for b in batches], windows
 
 

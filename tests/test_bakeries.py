@@ -12,6 +12,7 @@ import json
 import uuid
 from pathlib import Path
 
+import dask.config as dask_config
 import dask_kubernetes
 import jsonschema
 import pytest
@@ -31,6 +32,7 @@ from flows.bakery import (
     parse_bakery,
     task_runner_for,
 )
+from flows.runner import CLUSTER_CONFIG, local_cluster_kwargs
 
 CLOUDS = {"gcp": "gs://", "aws": "s3://", "azure": "abfs://"}
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
@@ -89,8 +91,9 @@ def test_cluster_spec_is_a_valid_daskcluster_with_spot_workers(cloud):
     assert container["args"][container["args"].index("--preload") + 1] == "flows.worker_preload"
     assert container["args"][container["args"].index("--nthreads") + 1] == "1"
     assert {"name": "FORGE_BAKERY", "value": cloud} in container["env"]
-    # Read by Dask in the pod as distributed.worker.profile.enabled = False (flows/runner.WORKER_CONFIG).
-    assert {"name": "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "value": "False"} in container["env"]
+    # Dask in the pod reads flows/runner.CLUSTER_CONFIG from its environment.
+    seen = dask_config.collect_env({e["name"]: e["value"] for e in container["env"]})
+    assert {key: dask_config.get(key, config=seen) for key in CLUSTER_CONFIG} == CLUSTER_CONFIG
     assert pod["serviceAccountName"] == dask.service_account
     assert pod["nodeSelector"] == dask.node_selector == {"forge.dev/pool": "dask"}
     # Workers tolerate the taint Terraform puts on the spot pool, and the cloud's own spot taint if any.
@@ -138,7 +141,7 @@ def test_local_bakery_gets_a_local_cluster_of_processes(monkeypatch):
     assert runner.cluster_kwargs["n_workers"] == 3 and runner.cluster_kwargs["threads_per_worker"] == 1
 
 
-def _worker_setup() -> dict:
+def _worker_setup(config_keys: list[str]) -> dict:
     import gc
     import os
     import sys
@@ -146,7 +149,7 @@ def _worker_setup() -> dict:
     import dask
 
     return {
-        "profile": dask.config.get("distributed.worker.profile.enabled"),
+        "config": {key: dask.config.get(key) for key in config_keys},
         "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
         # What the first task would import (Prefect loads its collections in a worker's first task run).
         "preloaded": {"tasks.cache", "tasks.prepare", "tasks.store", *prefect_collections()}
@@ -162,15 +165,13 @@ def prefect_collections() -> set[str]:
     return {ep.value for ep in entry_points(group="prefect.collections")}
 
 
-def test_local_workers_start_without_the_profiler_or_malloc_trim_and_with_the_tasks_imported_and_frozen():
+def test_local_workers_start_with_our_config_without_malloc_trim_with_the_tasks_imported_and_frozen():
     assert "prefect_kubernetes" in prefect_collections()  # the slow one (3 s of imports)
     from distributed import Client
 
-    from flows.runner import local_cluster_kwargs
-
     with LocalCluster(**local_cluster_kwargs(1)) as cluster, Client(cluster) as client:
-        (setup,) = client.run(_worker_setup).values()
-    assert setup == {"profile": False, "malloc_trim": None, "preloaded": True, "frozen": True}
+        (setup,) = client.run(_worker_setup, list(CLUSTER_CONFIG)).values()
+    assert setup == {"config": CLUSTER_CONFIG, "malloc_trim": None, "preloaded": True, "frozen": True}
 
 
 @pytest.mark.parametrize("cloud", sorted(CLOUDS))

@@ -41,7 +41,7 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
         record = run_deployment("recipe/noaa-oisst", {"prune": 10, "url_rewrites": rewrites}, env)
         assert record["state"]["type"] == "COMPLETED", record["state"]
         names, tasks = stage_names(api, record["id"])
-        stages = {"plan-cache", "cache", "prepare-target", "store", "finalize-target"}
+        stages = {"cache", "prepare-target", "store", "finalize-target"}
         assert stages <= names
         assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
         assert_store_matches(str(store), sorted(replica_dir.rglob("*.nc")))

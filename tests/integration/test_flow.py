@@ -65,7 +65,7 @@ def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path):
     assert any(n.startswith("prepare-target") for n in names) and any(
         n.startswith("finalize-target") for n in names
     )
-    assert len(runs) <= 2 + 4 + 1 + 3 + 1  # grows with batches, not with inputs or chunks
+    assert len(runs) == 4 + 1 + 3 + 1  # grows with batches, not with inputs or chunks
     assert flow_run(state.state_details.flow_run_id).state.is_completed()
 
 
@@ -166,7 +166,9 @@ def test_per_host_limit(served, tmp_path, limit):
     assert state.is_completed(), state.message
     assert served.max_active == limit  # two Dask workers would reach 2 without the limit
     assert max(held) == limit and held[-1] == 0  # the run held its slots, and gave them back
-    assert f"taking {limit} download slots of source-host:" in logs(state.state_details.flow_run_id)
+    text = logs(state.state_details.flow_run_id)
+    assert "8 inputs to cache in 2 batches from 1 source host(s)" in text  # planned by the flow itself
+    assert f"taking {limit} download slots of source-host:" in text
 
 
 def test_transient_failures_are_retried_to_success(served, tmp_path):
