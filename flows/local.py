@@ -99,7 +99,13 @@ class PrefectServer:
     def __enter__(self) -> PrefectServer:
         """Started, its URL this process's API (Prefect froze its settings at import) and in
         PREFECT_API_URL: Dask workers started from here on inherit it (and the CA file of the plain-HTTP
-        API's clients, :func:`one_root_bundle`)."""
+        API's clients, :func:`one_root_bundle`).
+
+        Flow runs in this process send no heartbeats: they let a server mark a run whose process died
+        as crashed, and this server dies with the process. Prefect's heartbeat thread sleeps in whole
+        seconds and every flow run joins it at its end (0.5 s on average). Flow runs that workers start
+        (deployments) keep theirs: the setting is this process's, not the environment's.
+        """
         from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
 
         self.start()
@@ -107,7 +113,7 @@ class PrefectServer:
         updates = {PREFECT_API_URL: self.api_url, PREFECT_API_SSL_CERT_FILE: one_root_bundle(self._scratch)}
         self._environ = {setting.name: os.environ.get(setting.name) for setting in updates}
         os.environ.update({setting.name: str(value) for setting, value in updates.items()})
-        self._settings = temporary_settings(updates=updates)
+        self._settings = temporary_settings(updates={**updates, "flows.heartbeat_frequency": None})
         self._settings.__enter__()
         return self
 

@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 SOURCE = "https://data.example.org/archive"
+HEARTBEAT = "prefect.flow-run.heartbeat"
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 
@@ -74,6 +75,24 @@ def logs(flow_run_id: UUID) -> str:
     with get_client(sync_client=True) as client:
         found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
     return "\n".join(log.message for log in found)
+
+
+def flow_run_events(api: str, flow_run_id, *names: str, timeout: float = 60) -> dict[str, int]:
+    """How many events of each name the server holds about the flow run, once it holds the last name's
+    (events are persisted in batches, after the run's own records)."""
+    deadline = time.time() + timeout
+    while True:
+        body = {
+            "filter": {
+                "event": {"name": list(names)},
+                "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+            }
+        }
+        events = httpx.post(f"{api}/events/filter", json={**body, "limit": 50}).json()["events"]
+        counts = {name: sum(e["event"] == name for e in events) for name in names}
+        if counts[names[-1]] or time.time() > deadline:
+            return counts
+        time.sleep(1)
 
 
 def forge(*args: str, env: dict) -> subprocess.CompletedProcess:

@@ -12,6 +12,8 @@ from flows.cli import local_replica
 from forge.replica import OISST_ROOT
 from forge.testing import assert_store_matches
 from tests.integration.helpers import (
+    HEARTBEAT,
+    flow_run_events,
     forge,
     process_worker,
     run_deployment,
@@ -45,6 +47,8 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
         assert stages <= names
         assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
         assert_store_matches(str(store), sorted(replica_dir.rglob("*.nc")))
+        # A worker's flow run beats, so a server can tell when its process died (zombie detection).
+        assert flow_run_events(api, record["id"], HEARTBEAT)[HEARTBEAT] >= 1
 
         # The reference: one build of all 30 days, into another root.
         params = {"prune": 30, "url_rewrites": rewrites, "target_root": str(one_shot_root)}

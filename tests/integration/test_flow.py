@@ -19,7 +19,15 @@ from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
 from forge.types import RunSpec
 from tasks.cache import host_limit_name
-from tests.integration.helpers import SOURCE, flow_run, logs, task_runs, write_recipe
+from tests.integration.helpers import (
+    HEARTBEAT,
+    SOURCE,
+    flow_run,
+    flow_run_events,
+    logs,
+    task_runs,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -35,7 +43,7 @@ def run_flow(recipe_dir: Path, tmp_path: Path, server, **kw):
     )
 
 
-def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path):
+def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path, prefect_server):
     ds = make_dataset(14, packed=True)
     paths = write_inputs(ds, Path(served.root), 2)  # 2-step files, chunk 3: chunks straddle inputs
     recipe_dir = write_recipe(
@@ -67,6 +75,11 @@ def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path):
     )
     assert len(runs) == 4 + 1 + 3 + 1  # grows with batches, not with inputs or chunks
     assert flow_run(state.state_details.flow_run_id).state.is_completed()
+    # On the command's own server, no heartbeats (see PrefectServer); deployments' runs keep them.
+    seen = flow_run_events(
+        prefect_server, state.state_details.flow_run_id, HEARTBEAT, "prefect.flow-run.Completed"
+    )
+    assert seen == {HEARTBEAT: 0, "prefect.flow-run.Completed": 1}
 
 
 def test_rerun_is_idempotent_and_downloads_nothing(served, tmp_path):
