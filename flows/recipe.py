@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.futures import as_completed, wait
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
 from flows.gc_freeze import loaded_frozen
@@ -79,8 +79,11 @@ def recipe(
         summaries = submit_windowed(
             lambda b: cache_inputs.submit(b, run), batches, lambda b: b.value.host, windows
         )
-    # On a worker, not in the flow's process: it holds every input's summary (about 9 KB each).
-    target, write_batches = prepare_target.submit(run, summaries).result()
+        # Submitted now, it starts the moment the last batch ends. On a worker, not in the flow's
+        # process: it holds every input's summary (about 9 KB each).
+        prepared = prepare_target.submit(run, summaries)
+        wait(summaries)  # the download slots are held until every batch has ended
+    target, write_batches = prepared.result()
     timings["cache + prepare"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

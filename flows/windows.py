@@ -19,8 +19,9 @@ def submit_windowed(
     windows: Mapping[str, int],
 ) -> list[PrefectFuture]:
     """``submit(item)`` for every item, with at most ``windows[group(item)]`` of a group unfinished at
-    any time (a group without a window is submitted at once). Returns the futures in item order, once
-    all have finished, failed ones included: the caller decides what a failure means.
+    any time (a group without a window is submitted at once). Returns the futures in item order once the
+    last one is submitted, so that what depends on them can be submitted while they run; the caller
+    waits for them and decides what a failure means.
 
     A submitted task run may start at once, so the window bounds submissions, not just running tasks.
     """
@@ -35,15 +36,11 @@ def submit_windowed(
         futures[i] = future = submit(items[i])
         future.add_done_callback(lambda _: finished.put(key))
 
-    unfinished = 0
     for key, indices in waiting.items():
         for _ in range(min(windows.get(key, len(indices)), len(indices))):
             submit_next(key)
-            unfinished += 1
-    while unfinished:
+    while any(waiting.values()):
         key = finished.get()
-        unfinished -= 1
         if waiting[key]:
             submit_next(key)
-            unfinished += 1
     return futures  # type: ignore[return-value]  (every slot was filled)
