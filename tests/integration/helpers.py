@@ -80,15 +80,13 @@ def logs(flow_run_id: UUID) -> str:
 def flow_run_events(api: str, flow_run_id, *names: str, timeout: float = 60) -> dict[str, int]:
     """How many events of each name the server holds about the flow run, once it holds the last name's
     (events are persisted in batches, after the run's own records)."""
+    body = {
+        "filter": {"event": {"name": list(names)}, "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}},
+        "limit": 50,
+    }
     deadline = time.time() + timeout
     while True:
-        body = {
-            "filter": {
-                "event": {"name": list(names)},
-                "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
-            }
-        }
-        events = httpx.post(f"{api}/events/filter", json={**body, "limit": 50}).json()["events"]
+        events = httpx.post(f"{api}/events/filter", json=body).json()["events"]
         counts = {name: sum(e["event"] == name for e in events) for name in names}
         if counts[names[-1]] or time.time() > deadline:
             return counts
