@@ -145,7 +145,8 @@ def location_of(recipe: XarrayZarrRecipe, item: CacheItem) -> str:
 
 @contextlib.contextmanager
 def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str, raw: bool = False):
-    """An input opened lazily from the cache (or in place), with ``process_input`` applied.
+    """An input opened lazily from the cache (or in place), with ``process_input`` applied. Without
+    ``process_input``, nothing selects by label, so no pandas indexes are built (a third of an open).
 
     ``raw=True`` gives a :class:`~forge.openers.RawInput` of packed values instead of a Dataset.
     ``name`` is the input's secret-free URL, used in messages and passed to ``process_input``.
@@ -154,7 +155,8 @@ def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str,
         contextlib.nullcontext(location) if reads_in_place(recipe) else storage.local_path(location)
     )
     with path_cm as path:
-        file_type, kwargs = recipe.pattern.file_type, recipe.xarray_open_kwargs
+        file_type = recipe.pattern.file_type
+        kwargs = {"create_default_indexes": recipe.process_input is not None, **recipe.xarray_open_kwargs}
         ds = (
             open_raw(path, file_type, name, kwargs)
             if raw

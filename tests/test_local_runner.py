@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -90,6 +91,22 @@ def test_process_input_hook(served, run_spec):
     recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4}, process_input=_add_offset)
     out = run_locally(recipe, run_spec())
     expected = _add_offset(open_sources(paths), "all")
+    xr.testing.assert_identical(open_store(out["url"]), expected)
+
+
+def _noon_north(ds: xr.Dataset, url: str) -> xr.Dataset:
+    """Daily means stamped at noon, northern hemisphere: works on the inputs' pandas indexes."""
+    return ds.assign_coords(time=ds.indexes["time"] + pd.Timedelta(hours=12)).sel(lat=slice(0, None))
+
+
+def test_process_input_gets_indexes(served, run_spec):
+    """Inputs are opened without pandas indexes unless process_input is there to use them."""
+    ds = make_dataset(6)
+    paths = write_inputs(ds, Path(served.root), 2)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4}, process_input=_noon_north)
+    out = run_locally(recipe, run_spec())
+    expected = _noon_north(open_sources(paths), "all")
+    assert expected.sizes["lat"] == 2 and expected.time.dt.hour.item(0) == 12
     xr.testing.assert_identical(open_store(out["url"]), expected)
 
 
