@@ -11,10 +11,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
 import xarray as xr
 
-from forge.fetch import download, make_temp_path, source_exists
+from forge.fetch import HostSession, download, make_temp_path, source_exists
 from forge.openers import check_magic, get_opener, open_input, open_raw
 from forge.patterns import rewrite_url
 from forge.plan import n_cache_batches, split_evenly
@@ -84,7 +83,7 @@ def fetch_missing(
     staging = storage.staging_dir()
     t0, total = time.perf_counter(), 0
     # One session per batch: a batch's inputs come from one host, so connections (and TLS) are reused.
-    with requests.Session() as session:
+    with HostSession() as session:
         for item in missing:
             display = redact_url(item.fetch_url)
             tmp = make_temp_path(staging, item.cache_key)

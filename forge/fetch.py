@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import fsspec
 import requests
@@ -85,6 +86,30 @@ def _http_once(
         if expected is not None and written != int(expected):
             raise _Retryable(f"truncated body: got {written} of {expected} bytes", None)
         return written, None
+
+
+class HostSession(requests.Session):
+    """A session for a run of downloads from one host, reading the environment once per host.
+
+    Requests looks up proxies and the CA bundle in the environment for every request (three walks over
+    ``os.environ``: 0.1-0.2 ms each time, seconds of CPU over 16,500 tiny inputs). The answer only
+    depends on the URL's scheme and host, so it is kept for the session's life. Redirects elsewhere
+    (a login server) are still looked up by requests itself, and so are ``.netrc`` credentials.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple, dict[str, Any]] = {}
+
+    def merge_environment_settings(
+        self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, tuple(sorted((proxies or {}).items())), stream, verify, cert)
+        if key not in self._environment:
+            self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        found = self._environment[key]
+        return {**found, "proxies": dict(found["proxies"])}  # requests may change what it is given
 
 
 class _Retryable(Exception):

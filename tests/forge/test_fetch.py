@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+import requests
 
-from forge.fetch import PermanentSourceError, RetryPolicy, TransientSourceError, download
+from forge.fetch import HostSession, PermanentSourceError, RetryPolicy, TransientSourceError, download
 from forge.secrets import with_query_secrets
 from forge.sourceserver import SourceServer
 
@@ -57,3 +58,28 @@ def test_query_secret_never_in_messages(tmp_path, monkeypatch):
                 url, tmp_path / "o", display_url=f"{srv.url}/x.nc", secrets=["tok-SECRET-123"], policy=FAST
             )
     assert "HTTP 403" in str(err.value) and "SECRET" not in str(err.value)
+
+
+def test_a_host_session_takes_proxies_from_the_environment_once(tmp_path, monkeypatch):
+    """A proxy here is a second loopback server: it answers for the absolute URLs it is sent."""
+    for name, body in (("origin", b"from the origin"), ("proxy", b"through the proxy")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "b.nc").write_bytes(body)
+    lookups = []
+    real = requests.sessions.get_environ_proxies
+    monkeypatch.setattr(
+        requests.sessions, "get_environ_proxies", lambda *a, **k: lookups.append(a) or real(*a, **k)
+    )
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with SourceServer(root=tmp_path / "origin") as origin, SourceServer(root=tmp_path / "proxy") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with HostSession() as session:
+            for i in range(3):
+                download(f"{origin.url}/b.nc", tmp_path / f"o{i}", display_url="b.nc", session=session)
+                assert (tmp_path / f"o{i}").read_bytes() == b"through the proxy"
+        assert len(lookups) == 1 and proxy.requests["/b.nc"] == 3 and origin.requests["/b.nc"] == 0
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        with HostSession() as session:
+            download(f"{origin.url}/b.nc", tmp_path / "direct", display_url="b.nc", session=session)
+        assert (tmp_path / "direct").read_bytes() == b"from the origin" and origin.requests["/b.nc"] == 1
