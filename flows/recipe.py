@@ -8,11 +8,11 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed, wait
+from prefect.futures import as_completed
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
 from flows.gc_freeze import loaded_frozen
-from flows.windows import submit_windowed
+from flows.windows import submit_windowed, wait_ended
 from forge.append import describe_append
 from forge.loading import find_recipe
 from forge.patterns import parse_rewrites
@@ -82,7 +82,7 @@ def recipe(
         # Submitted now, it starts the moment the last batch ends. On a worker, not in the flow's
         # process: it holds every input's summary (about 9 KB each).
         prepared = prepare_target.submit(run, summaries)
-        wait(summaries)  # the download slots are held until every batch has ended
+        wait_ended(summaries)  # the download slots are held until every batch has ended
     target, write_batches = prepared.result()
     timings["cache + prepare"] = time.perf_counter() - t0
 

@@ -1,8 +1,10 @@
-"""Submitting task runs at most a few at a time per group: the flow's side of a per-host download limit."""
+"""Submitting task runs at most a few at a time per group (the flow's side of a per-host download limit),
+and waiting for them to end."""
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -44,3 +46,17 @@ def submit_windowed(
         if waiting[key]:
             submit_next(key)
     return futures  # type: ignore[return-value]  (every slot was filled)
+
+
+def wait_ended(futures: Sequence[PrefectFuture]) -> None:
+    """Block until every future's task run has ended, without fetching what the runs returned.
+
+    Prefect's ``wait`` fetches each Dask-run task's return value into this process: for the cache stage,
+    every input's summary, only for the flow to drop them (0.4 s of unpickling in the flow's process for
+    16,500 inputs) while ``prepare-target`` gets them from the workers anyway.
+    """
+    ended = threading.Semaphore(0)
+    for future in futures:
+        future.add_done_callback(lambda _: ended.release())
+    for _ in futures:
+        ended.acquire()

@@ -1,17 +1,19 @@
-"""The flow's per-group submission window, on a real Prefect server with a thread-pool task runner."""
+"""The flow's per-group submission window and its wait, on a real Prefect server (thread-pool and Dask
+task runners)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
 
 import pytest
 from prefect import flow, task
-from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.windows import submit_windowed
+from flows.runner import local_task_runner
+from flows.windows import submit_windowed, wait_ended
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -39,7 +41,8 @@ def windowed(items: list[tuple[str, int]], windows: dict[str, int]) -> list:
     futures = submit_windowed(occupy.submit, items, lambda item: item[0], windows)
     # It returns once the last is submitted: the last of the narrowest window is still running.
     assert not futures[items.index(("b", 4))].state.is_final()
-    wait(futures)
+    wait_ended(futures)
+    assert all(f.state.is_final() for f in futures)
     return [None if f.state.is_failed() else f.result() for f in futures]
 
 
@@ -50,3 +53,37 @@ def test_at_most_a_window_of_each_group_at_once_and_results_in_order():
     assert _peak == {"a": 2, "b": 1, "c": 5}  # c has no window: all at once
     # in item order; the failure (None) did not stop the rest of its group
     assert results == [None if x == ("b", 1) else x for x in items]
+
+
+_UNPICKLED: list[int] = []
+
+
+def _unpickle_traced() -> _Traced:
+    _UNPICKLED.append(os.getpid())
+    return _Traced()
+
+
+class _Traced:
+    """Notes every process that unpickles it: a task's result fetched into the flow's process shows."""
+
+    def __reduce__(self):
+        return _unpickle_traced, ()
+
+
+@task
+def traced(i: int) -> _Traced:
+    time.sleep(0.2 * i)
+    return _Traced()
+
+
+@flow(task_runner=local_task_runner(1))
+def ended_on_dask(n: int) -> list[bool]:
+    futures = [traced.submit(i) for i in range(n)]
+    wait_ended(futures)
+    return [f.state.is_completed() for f in futures]
+
+
+def test_waiting_on_dask_fetches_no_results():
+    _UNPICKLED.clear()
+    assert ended_on_dask(3) == [True, True, True]
+    assert _UNPICKLED == []  # the results stayed on the worker
