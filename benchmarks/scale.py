@@ -37,6 +37,7 @@ import xarray as xr
 from rss import read_peak, reset_peak
 
 ROOT = Path(__file__).resolve().parents[1]
+SETTLE_SECONDS = 20
 sys.path.insert(0, str(ROOT))
 
 
@@ -313,6 +314,9 @@ def main() -> None:
             for d in (out, ref_out):
                 shutil.rmtree(d, ignore_errors=True)  # measure cold runs: nothing cached, no store
             os.sync()
+            # This disk (ext4, online discard) goes on freeing the deleted 33,000 files' blocks for seconds
+            # after: whichever run came first in a pair paid 2-3 s for it. Measured apart, 20 s settles it.
+            time.sleep(SETTLE_SECONDS)
             # Every other pair runs the flow first (ABBA): this machine's speed drifts within minutes.
             flow_first = i % 2 == 1 and not args.no_reference
             if flow_first:
