@@ -85,13 +85,19 @@ def _add_offset(ds: xr.Dataset, url: str) -> xr.Dataset:
     return ds.assign_attrs(processed=url.rsplit("/", 1)[-1][:3])
 
 
-def test_process_input_hook(served, run_spec):
-    ds = make_dataset(6)
-    paths = write_inputs(ds, Path(served.root), 2)
-    recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4}, process_input=_add_offset)
+def _processed(served, run_spec, process_input) -> tuple[xr.Dataset, xr.Dataset]:
+    """The store a three-input recipe with ``process_input`` makes, and ``process_input`` of the sources."""
+    paths = write_inputs(make_dataset(6), Path(served.root), 2)
+    recipe = XarrayZarrRecipe(
+        concat_pattern(served, 3), target_chunks={"time": 4}, process_input=process_input
+    )
     out = run_locally(recipe, run_spec())
-    expected = _add_offset(open_sources(paths), "all")
-    xr.testing.assert_identical(open_store(out["url"]), expected)
+    return open_store(out["url"]), process_input(open_sources(paths), "all")
+
+
+def test_process_input_hook(served, run_spec):
+    stored, expected = _processed(served, run_spec, _add_offset)
+    xr.testing.assert_identical(stored, expected)
 
 
 def _noon_north(ds: xr.Dataset, url: str) -> xr.Dataset:
@@ -101,13 +107,9 @@ def _noon_north(ds: xr.Dataset, url: str) -> xr.Dataset:
 
 def test_process_input_gets_indexes(served, run_spec):
     """Inputs are opened without pandas indexes unless process_input is there to use them."""
-    ds = make_dataset(6)
-    paths = write_inputs(ds, Path(served.root), 2)
-    recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": 4}, process_input=_noon_north)
-    out = run_locally(recipe, run_spec())
-    expected = _noon_north(open_sources(paths), "all")
+    stored, expected = _processed(served, run_spec, _noon_north)
     assert expected.sizes["lat"] == 2 and expected.time.dt.hour.item(0) == 12
-    xr.testing.assert_identical(open_store(out["url"]), expected)
+    xr.testing.assert_identical(stored, expected)
 
 
 @pytest.mark.parametrize("process_input", [None, _add_offset], ids=["packed", "decoded"])
