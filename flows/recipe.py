@@ -12,6 +12,7 @@ from prefect.futures import as_completed
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
 from flows.gc_freeze import loaded_frozen
+from flows.settings_once import settings_serialized_once
 from flows.windows import submit_windowed, wait_ended
 from forge.append import describe_append
 from forge.loading import find_recipe
@@ -48,9 +49,11 @@ def run_spec(
 
 
 # The bakery (FORGE_BAKERY, set by the deployment) picks the task runner: local processes or a KubeCluster.
-# No full garbage collection walks what the process loaded before the run (Prefect, Dask, xarray).
+# No full garbage collection walks what the process loaded before the run (Prefect, Dask, xarray), and the
+# task runs carry the flow's Prefect settings as they are (not dumped and rebuilt for every task run).
 @flow(name="recipe", task_runner=task_runner_for(current_bakery()), log_prints=True)
 @loaded_frozen
+@settings_serialized_once
 def recipe(
     recipe: str,
     target_root: str = DEFAULT_TARGET_ROOT,
