@@ -35,7 +35,8 @@ def three_task_runs() -> list[tuple[int, int, str]]:
 
 
 def test_task_runs_on_a_worker_get_the_flows_settings():
-    # Set in this process only, as `forge run` sets the API URL: a worker can get it only from the flow.
+    # Set in this process only, as `forge run` sets the API URL: a worker can get it only from the flow,
+    # which still sends it (Prefect's own way did too).
     with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 2}):
         seen = three_task_runs()
     assert {pid for pid, _, _ in seen} - {os.getpid()} == {seen[0][0]}  # one worker, not this process
@@ -44,7 +45,7 @@ def test_task_runs_on_a_worker_get_the_flows_settings():
 
 def _hydrated_on_a_worker() -> tuple[object, object]:
     """What a task run sees of the settings (its context pickled, as a Dask worker gets it), and the
-    settings of the process that serialized it."""
+    settings as they were sent."""
     sent = pickle.loads(pickle.dumps(serialize_context()))
     with hydrated_context(sent):
         return get_current_settings(), sent["settings_context"]["settings"]
