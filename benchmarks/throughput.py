@@ -9,7 +9,9 @@ subprocess so its peak memory (the largest RSS of the process or any of its chil
 (b) xarray + Dask: ``open_mfdataset(parallel=True)`` then ``to_zarr`` with the same chunks on a
     distributed LocalCluster of single-threaded processes;
 (c) forge: the ``recipe`` flow (Prefect server, Dask task runner): the store step alone and the whole
-    recipe, caching from the local replica over HTTP included.
+    recipe, caching from the local replica over HTTP included;
+(d) cache: the cache stage's core work alone (fetch and summarize every input, one process, no
+    orchestration), for its CPU seconds: with the floor's, the least the whole recipe could take here.
 """
 
 from __future__ import annotations
@@ -77,15 +79,45 @@ def _floor_chunk(args: tuple[list[str], str, str]) -> int:
     return written
 
 
+def _cpu_seconds() -> float:
+    """CPU of this process (all its threads) and of its children that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def floor(files: list[Path], out: Path, workers: int, codec: str) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     groups = [[str(p) for p in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         nbytes = sum(pool.map(_floor_chunk, [(g, str(out), codec) for g in groups]))
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "bytes": nbytes, "stored_mb": _size_mb(out)}
+    return {"seconds": seconds, "cpu": _cpu_seconds() - c0, "bytes": nbytes, "stored_mb": _size_mb(out)}
+
+
+def cache_core(files: list[Path], out: Path, replica_dir: Path) -> dict:
+    """The cache stage's core work alone, in one process, no orchestration: every batch fetched from the
+    local replica (served by a thread of this process, so its CPU counts) and every input summarized."""
+    sys.path.insert(0, str(ROOT))
+    from flows.cli import local_replica
+    from forge.caching import fetch_missing, plan_cache, summarize_batch
+    from forge.types import RunSpec
+    from tasks.common import recipe_for
+
+    with local_replica(str(replica_dir)) as url:
+        rewrites = (("https://www.ncei.noaa.gov/", url + "/"),)
+        run = RunSpec("noaa-oisst", "noaa-oisst", str(out), str(out / "cache"), len(files), rewrites)
+        recipe = recipe_for(run)
+        batches = plan_cache(recipe, run)
+        c0, t0 = _cpu_seconds(), time.perf_counter()
+        for batch in batches:
+            fetch_missing(recipe, run, batch)
+        fetch_cpu = _cpu_seconds() - c0
+        for batch in batches:
+            summarize_batch(recipe, run, batch)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "cpu": _cpu_seconds() - c0, "fetch_cpu": fetch_cpu, "stored_mb": 0.0}
 
 
 def _size_mb(path: Path) -> float:
@@ -189,6 +221,8 @@ def child(
         result = floor(files, out, workers, codec)
     elif method == "xarray_dask":
         result = xarray_dask(files, out / "store.zarr", workers, codec)
+    elif method == "cache":
+        result = cache_core(files, out, replica_dir)
     else:
         result = forge_flow(files, out, workers, replica_dir, codec, write_batches)
     peak = max(
@@ -221,6 +255,22 @@ def run_child(method: str, days: int, args: argparse.Namespace) -> dict | None:
     return json.loads(line[len("RESULT ") :])
 
 
+def print_cache_bound(results: dict[str, dict], workers: int) -> None:
+    """The least the whole recipe could take here: the floor's work plus the cache stage's, on all
+    workers at once, perfectly overlapped, with no orchestration at all."""
+    fl, cache = results["floor"], results["cache"]
+    bound = (fl["cpu"] + cache["cpu"]) / workers
+    line = (
+        f"CPU s: floor {fl['cpu']:.1f}, cache stage core {cache['cpu']:.1f} "
+        f"(fetching {cache['fetch_cpu']:.1f}, server included; "
+        f"summarizing {cache['cpu'] - cache['fetch_cpu']:.1f}); whole recipe on {workers} "
+        f"cores >= {bound:.2f} s = {bound / fl['seconds']:.2f}x floor"
+    )
+    if "xarray_dask" in results:
+        line += f", so at most {results['xarray_dask']['seconds'] / bound:.2f}x faster than xarray + Dask"
+    print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -228,7 +278,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "forge-bench")
-    parser.add_argument("--methods", default="floor,xarray_dask,forge")
+    parser.add_argument("--methods", default="floor,xarray_dask,cache,forge")
     parser.add_argument("--codec", choices=("zstd", "lz4"), default="zstd", help="zstd: Zarr's default")
     parser.add_argument(
         "--baseline-days",
@@ -273,6 +323,8 @@ def main() -> None:
             f"forge fixed start-up: Prefect server and Dask cluster {f['server_start']:.1f}s; "
             f"cache+prepare {f['cache_prepare_seconds']:.1f}s"
         )
+    if {"floor", "cache"} <= results.keys():
+        print_cache_bound(results, args.workers)
     if {"floor", "forge"} <= baseline.keys() and {"floor", "forge"} <= results.keys():
         extra = args.days - args.baseline_days
         per_input = {m: (results[m]["seconds"] - baseline[m]["seconds"]) / extra for m in ("floor", "forge")}
