@@ -259,11 +259,12 @@ def print_cache_bound(results: dict[str, dict], workers: int) -> None:
     """The least the whole recipe could take here: the floor's work plus the cache stage's, on all
     workers at once, perfectly overlapped, with no orchestration at all."""
     fl, cache = results["floor"], results["cache"]
-    bound = (fl["cpu"] + cache["cpu"]) / workers
+    cores = min(workers, os.cpu_count() or workers)
+    bound = (fl["cpu"] + cache["cpu"]) / cores
     line = (
         f"CPU s: floor {fl['cpu']:.1f}, cache stage core {cache['cpu']:.1f} "
         f"(fetching {cache['fetch_cpu']:.1f}, server included; "
-        f"summarizing {cache['cpu'] - cache['fetch_cpu']:.1f}); whole recipe on {workers} "
+        f"summarizing {cache['cpu'] - cache['fetch_cpu']:.1f}); whole recipe on {cores} "
         f"cores >= {bound:.2f} s = {bound / fl['seconds']:.2f}x floor"
     )
     if "xarray_dask" in results:
