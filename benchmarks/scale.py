@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import resource
 import shutil
 import struct
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-from rss import read_peak, reset_peak
+from usage import cpu_seconds, read_peak, reset_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTLE_SECONDS = 20
@@ -182,12 +181,6 @@ def cpu_by_role(source_pid: int) -> Counter[str]:
     return seconds
 
 
-def pool_cpu() -> float:
-    """CPU seconds of this process and its finished children (the reference's pool)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def count_task_runs(flow_run_id) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -230,13 +223,13 @@ class Measured:
 
 
 def measure_reference(recipe_dir: Path, out: Path, srv: _ServedApart, workers: int) -> Measured:
-    cpu, source_cpu = pool_cpu(), cpu_by_role(srv.pid)["source server"]
+    cpu, source_cpu = cpu_seconds(), cpu_by_role(srv.pid)["source server"]
     wall, stages = reference(recipe_dir, out, srv.url, workers)
     return Measured(
         wall,
         stages,
         {
-            "reference (main + pool)": pool_cpu() - cpu,
+            "reference (main + pool)": cpu_seconds() - cpu,
             "source server": cpu_by_role(srv.pid)["source server"] - source_cpu,
         },
     )

@@ -30,10 +30,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from usage import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 CHUNK = 10
 VARIABLES = ("sst", "anom", "err", "ice")
+SOURCE = "https://www.ncei.noaa.gov/"  # the recipe's source, rewritten to the local replica
 
 
 def _files(replica_dir: Path, days: int) -> list[Path]:
@@ -79,45 +82,39 @@ def _floor_chunk(args: tuple[list[str], str, str]) -> int:
     return written
 
 
-def _cpu_seconds() -> float:
-    """CPU of this process (all its threads) and of its children that have ended."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def floor(files: list[Path], out: Path, workers: int, codec: str) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     groups = [[str(p) for p in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
-    c0, t0 = _cpu_seconds(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         nbytes = sum(pool.map(_floor_chunk, [(g, str(out), codec) for g in groups]))
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "cpu": _cpu_seconds() - c0, "bytes": nbytes, "stored_mb": _size_mb(out)}
+    return {"seconds": seconds, "cpu": cpu_seconds() - c0, "bytes": nbytes, "stored_mb": _size_mb(out)}
 
 
 def cache_core(files: list[Path], out: Path, replica_dir: Path) -> dict:
     """The cache stage's core work alone, in one process, no orchestration: every batch fetched from the
     local replica (served by a thread of this process, so its CPU counts) and every input summarized."""
-    sys.path.insert(0, str(ROOT))
     from flows.cli import local_replica
     from forge.caching import fetch_missing, plan_cache, summarize_batch
+    from forge.loading import find_recipe, recipe_for
     from forge.types import RunSpec
-    from tasks.common import recipe_for
 
     with local_replica(str(replica_dir)) as url:
-        rewrites = (("https://www.ncei.noaa.gov/", url + "/"),)
-        run = RunSpec("noaa-oisst", "noaa-oisst", str(out), str(out / "cache"), len(files), rewrites)
+        recipe_id = find_recipe("noaa-oisst").recipe_id
+        rewrites = ((SOURCE, url + "/"),)
+        run = RunSpec("noaa-oisst", recipe_id, str(out), str(out / "cache"), len(files), rewrites)
         recipe = recipe_for(run)
         batches = plan_cache(recipe, run)
-        c0, t0 = _cpu_seconds(), time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         for batch in batches:
             fetch_missing(recipe, run, batch)
-        fetch_cpu = _cpu_seconds() - c0
+        fetch_cpu = cpu_seconds() - c0
         for batch in batches:
             summarize_batch(recipe, run, batch)
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "cpu": _cpu_seconds() - c0, "fetch_cpu": fetch_cpu, "stored_mb": 0.0}
+    return {"seconds": seconds, "cpu": cpu_seconds() - c0, "fetch_cpu": fetch_cpu, "stored_mb": 0.0}
 
 
 def _size_mb(path: Path) -> float:
@@ -167,7 +164,6 @@ def forge_flow(
     files: list[Path], out: Path, workers: int, replica_dir: Path, codec: str, write_batches: int | None
 ) -> dict:
     os.environ["FORGE_DASK_WORKERS"] = str(workers)
-    sys.path.insert(0, str(ROOT))
     from flows.cli import local_replica, quiet_prefect_env
     from flows.local import run_stack
 
@@ -199,7 +195,7 @@ def forge_flow(
             target_root=str(out),
             cache_root=str(out / "cache"),
             prune=len(files),
-            url_rewrites={"https://www.ncei.noaa.gov/": url + "/"},
+            url_rewrites={SOURCE: url + "/"},
         )
         seconds = time.perf_counter() - t0
     return {

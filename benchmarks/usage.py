@@ -1,8 +1,10 @@
-"""This process's resident memory, from Linux's /proc: the peak (VmHWM) since the last reset."""
+"""This process's resource usage: CPU seconds, and resident memory from Linux's /proc (the peak, VmHWM,
+since the last reset)."""
 
 from __future__ import annotations
 
 import re
+import resource
 from pathlib import Path
 
 
@@ -19,3 +21,9 @@ def reset_peak() -> int:
 def read_peak() -> int:
     """The peak resident memory since the last reset (or the start), in kB."""
     return _status_kb("VmHWM")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its children that have ended (a finished pool)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
