@@ -85,7 +85,7 @@ def measure(recipe_file: Path, out: Path, workers: int) -> tuple[float, float]:
     from prefect_dask import DaskTaskRunner
 
     from flows.recipe import recipe
-    from flows.runner import local_cluster_kwargs
+    from flows.runtime.runner import local_cluster_kwargs
 
     # The flow's own local cluster: its workers' environment, and its preload of the tasks' modules, so
     # that imports do not count as the run's memory.

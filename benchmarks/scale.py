@@ -70,7 +70,7 @@ class _ServedApart:
 
 
 def _serve(generate, conn) -> None:
-    from forge.sourceserver import SourceServer
+    from forge.replicas.server import SourceServer
 
     with SourceServer(generate=generate) as srv:
         conn.send(srv.url)
@@ -112,15 +112,15 @@ def write_recipe(work: Path, n: int) -> Path:
 
 
 def _cache(run, batch):
-    from forge.caching import cache_batch
-    from forge.loading import recipe_for
+    from forge.build.caching import cache_batch
+    from forge.build.stages import recipe_for
 
     return cache_batch(recipe_for(run), run, batch)
 
 
 def _store(target, batch):
-    from forge.loading import recipe_for
-    from forge.writers import store_batch
+    from forge.build.stages import recipe_for
+    from forge.build.writers import store_batch
 
     return store_batch(recipe_for(target.run), target, batch)
 
@@ -129,10 +129,10 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
     """The flow's stages, in the same batches, over a process pool: (wall seconds, seconds by stage)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from forge.caching import plan_cache
-    from forge.loading import find_recipe, recipe_for
-    from forge.target import finalize_target, prepare_target
-    from forge.types import RunSpec
+    from forge.build.caching import plan_cache
+    from forge.build.stages import finalize_target, prepare, recipe_for
+    from forge.build.types import RunSpec
+    from forge.recipe.loading import find_recipe
 
     run = RunSpec(
         str(recipe_dir),
@@ -147,7 +147,7 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
         recipe = recipe_for(run)
         batches = plan_cache(recipe, run)
         summaries = [s for part in pool.map(_cache, [run] * len(batches), batches) for s in part]
-        target, write_batches = prepare_target(recipe, run, summaries)
+        target, write_batches = prepare(recipe, run, summaries)
         t1 = time.perf_counter()
         list(pool.map(_store, [target] * len(write_batches), write_batches))
         t2 = time.perf_counter()
@@ -196,10 +196,10 @@ def count_task_runs(flow_run_id) -> int:
 
 
 def plan_225k() -> float:
-    from forge.caching import plan_cache
-    from forge.patterns import ConcatDim, FilePattern
-    from forge.recipe import XarrayZarrRecipe
-    from forge.types import RunSpec
+    from forge.build.caching import plan_cache
+    from forge.build.types import RunSpec
+    from forge.recipe.patterns import ConcatDim, FilePattern
+    from forge.recipe.recipes import XarrayZarrRecipe
 
     dates = pd.date_range("2000-01-01", periods=225_000, freq="h")
     pattern = FilePattern(

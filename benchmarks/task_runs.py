@@ -47,7 +47,7 @@ def main() -> None:
 
     quiet_prefect_env()
     from flows.local import run_stack
-    from flows.settings_once import settings_serialized_once
+    from flows.runtime.settings_once import settings_serialized_once
 
     ways = {
         "settings serialized once (the recipe flow)": settings_serialized_once(many),

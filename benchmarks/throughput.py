@@ -40,7 +40,7 @@ SOURCE = "https://www.ncei.noaa.gov/"  # the recipe's source, rewritten to the l
 
 
 def _files(replica_dir: Path, days: int) -> list[Path]:
-    from forge.replica import OisstReplica
+    from forge.replicas.oisst import OisstReplica
 
     replica = OisstReplica(replica_dir)
     return [replica.path_for(d) for d in pd.date_range("1981-09-01", periods=days, freq="D")]
@@ -97,9 +97,10 @@ def cache_core(files: list[Path], out: Path, replica_dir: Path) -> dict:
     """The cache stage's core work alone, in one process, no orchestration: every batch fetched from the
     local replica (served by a thread of this process, so its CPU counts) and every input summarized."""
     from flows.cli import local_replica
-    from forge.caching import fetch_missing, plan_cache, summarize_batch
-    from forge.loading import find_recipe, recipe_for
-    from forge.types import RunSpec
+    from forge.build.caching import fetch_missing, plan_cache, summarize_batch
+    from forge.build.stages import recipe_for
+    from forge.build.types import RunSpec
+    from forge.recipe.loading import find_recipe
 
     with local_replica(str(replica_dir)) as url:
         recipe_id = find_recipe("noaa-oisst").recipe_id
@@ -181,7 +182,7 @@ def forge_flow(
             "import dataclasses, importlib.util, sys\n"
             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
             "from throughput import _zarr_codecs\n"
-            "from forge.loading import load_recipe\n"
+            "from forge.recipe.loading import load_recipe\n"
             f"recipe = dataclasses.replace(load_recipe('noaa-oisst'), compressors=_zarr_codecs({codec!r}))\n"
         )
         if write_batches:

@@ -132,7 +132,7 @@ def cluster_spec(dask: KubeDask, name: str, env: dict[str, str] | None = None) -
     """The DaskCluster resource the dask-kubernetes operator creates for one flow run."""
     from dask_kubernetes.operator import make_cluster_spec
 
-    from flows.runner import CLUSTER_CONFIG, config_env
+    from flows.runtime.runner import CLUSTER_CONFIG, PRELOAD, config_env
 
     spec = make_cluster_spec(
         name=name,
@@ -144,8 +144,9 @@ def cluster_spec(dask: KubeDask, name: str, env: dict[str, str] | None = None) -
     worker = spec["spec"]["worker"]["spec"]
     # One thread per worker: HDF5 decoding holds the GIL. No nanny: it would set MALLOC_TRIM_THRESHOLD_ (1.3x
     # slower store step, benchmarks/results/throughput-120d.txt); Kubernetes restarts a dead worker pod.
-    # The preload imports what the tasks need as the pod starts, not in its first task (flows/worker_preload).
-    worker["containers"][0]["args"] += ["--nthreads", "1", "--no-nanny", "--preload", "flows.worker_preload"]
+    # The preload imports what the tasks need as the pod starts, not in its first task
+    # (flows/runtime/worker_preload).
+    worker["containers"][0]["args"] += ["--nthreads", "1", "--no-nanny", "--preload", PRELOAD]
     worker["serviceAccountName"] = dask.service_account  # storage credentials by workload identity / IRSA
     worker["nodeSelector"] = dict(dask.node_selector)
     worker["tolerations"] = [dict(t) for t in dask.tolerations]
@@ -173,7 +174,7 @@ def task_runner_for(bakery: Bakery | None, address: str | None = None, workers: 
     """The flow's task runner on ``bakery`` (None: this machine)."""
     from prefect_dask import DaskTaskRunner
 
-    from flows.runner import local_task_runner
+    from flows.runtime.runner import local_task_runner
 
     address = dask_address(address)
     if address:
@@ -194,7 +195,7 @@ def task_runner_for(bakery: Bakery | None, address: str | None = None, workers: 
 
 def store_workers(bakery: Bakery | None) -> int | None:
     """How many store tasks can run at once on ``bakery``'s cluster (None: a cluster we know nothing of)."""
-    from flows.runner import local_workers
+    from flows.runtime.runner import local_workers
 
     if dask_address():
         return None

@@ -32,8 +32,8 @@ def local_replica(
     with nothing after ``last_day`` (as if NOAA had not released it yet)."""
     import pandas as pd
 
-    from forge.replica import OisstReplica
-    from forge.sourceserver import SourceServer
+    from forge.replicas.oisst import OisstReplica
+    from forge.replicas.server import SourceServer
 
     replica = OisstReplica(
         Path(directory) if directory else None, last_day=pd.Timestamp(last_day) if last_day else None
@@ -45,7 +45,7 @@ def local_replica(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from forge.patterns import parse_rewrites
+    from forge.recipe.patterns import parse_rewrites
 
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
     if args.dry_run and not args.append:
@@ -85,8 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> bool:
     """Answer --dry-run, and "nothing new", from the store and the source alone: no Prefect, no cluster."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
-    from forge.append import describe_append, plan_append
-    from forge.loading import load_recipe
+    from forge.build.append import describe_append, plan_append
+    from forge.recipe.loading import load_recipe
 
     target_root = args.target_root or DEFAULT_TARGET_ROOT
     run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites)
@@ -98,7 +98,7 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from forge.loading import list_recipes
+    from forge.recipe.loading import list_recipes
 
     for source in list_recipes():
         meta = source.meta()

@@ -174,7 +174,7 @@ def run_stack(dask_address: str | None = None) -> Iterator:
             from distributed import LocalCluster
             from prefect_dask import DaskTaskRunner
 
-            from flows.runner import local_cluster_kwargs
+            from flows.runtime.runner import local_cluster_kwargs
 
             cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs()))
             runner = DaskTaskRunner(address=cluster.scheduler_address)

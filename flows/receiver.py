@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from forge.loading import list_recipes
-from forge.notifications import Notification, NotificationError, ObjectCreated, parse_notification
-from forge.triggers import (
+from forge.events.notifications import Notification, NotificationError, ObjectCreated, parse_notification
+from forge.events.triggers import (
     Coalescer,
     OidcCheck,
     TriggerRule,
@@ -30,6 +29,7 @@ from forge.triggers import (
     route,
     rules_from_meta,
 )
+from forge.recipe.loading import list_recipes
 
 logger = logging.getLogger("forge.receiver")
 

@@ -11,13 +11,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
-from flows.gc_freeze import loaded_frozen
-from flows.settings_once import settings_serialized_once
-from flows.windows import submit_windowed, wait_ended
-from forge.append import describe_append
-from forge.loading import find_recipe
-from forge.patterns import parse_rewrites
-from forge.types import RunSpec
+from flows.runtime.gc_freeze import loaded_frozen
+from flows.runtime.settings_once import settings_serialized_once
+from flows.runtime.windows import submit_windowed, wait_ended
+from forge.build.append import describe_append
+from forge.build.types import RunSpec
+from forge.recipe.loading import find_recipe
+from forge.recipe.patterns import parse_rewrites
 from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
 from tasks.finalize import finalize_target
 from tasks.prepare import plan_append_run, prepare_target

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from forge.append import plan_append
-from forge.caching import cache_batch, plan_cache, source_probe
-from forge.recipe import XarrayZarrRecipe
-from forge.secrets import Lookup, env_lookup
-from forge.target import describe, finalize_target, prepare_target
-from forge.types import RunSpec
-from forge.writers import store_batch
+from forge.build.stages import (
+    cache_batch,
+    finalize_target,
+    plan_append,
+    plan_cache,
+    prepare,
+    source_probe,
+    store_batch,
+)
+from forge.build.target import describe
+from forge.build.types import RunSpec
+from forge.io.secrets import Lookup, env_lookup
+from forge.recipe.recipes import XarrayZarrRecipe
 
 
 def run_locally(
@@ -21,7 +27,7 @@ def run_locally(
             return {**describe(run.target_url), "appended": 0}
         recipe = recipe.pruned(run.prune)  # the append may stop at the source's frontier
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
-    target, batches = prepare_target(recipe, run, summaries)
+    target, batches = prepare(recipe, run, summaries)
     for batch in batches:
         store_batch(recipe, target, batch)
     return {**finalize_target(recipe, target, {"forge:runner": "local"}), "appended": target.appended}

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from forge.storage import zarr_store
+from forge.io.storage import zarr_store
 
 
 def make_dataset(

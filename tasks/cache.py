@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping
 from prefect import get_run_logger
 from prefect.concurrency.sync import concurrency
 
-from forge.caching import cache_batch, host_windows, plan_cache
-from forge.schema import InputSummary
-from forge.types import CacheBatch, RunSpec
+from forge.build.caching import cache_batch, host_windows, plan_cache
+from forge.build.schema import InputSummary
+from forge.build.types import CacheBatch, RunSpec
 from tasks.common import Opaque, recipe_for, retry_transient, secret_lookup, stage
 
 

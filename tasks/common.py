@@ -11,10 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 
-from forge.fetch import PermanentSourceError
-from forge.loading import recipe_for  # noqa: F401  (what the tasks load their recipe with)
-from forge.openers import InputError
-from forge.secrets import MissingSecretError
+from forge.build.stages import recipe_for  # noqa: F401  (what the tasks load their recipe with)
+from forge.io.fetch import PermanentSourceError
+from forge.io.openers import InputError
+from forge.io.secrets import MissingSecretError
 
 T = TypeVar("T")
 

@@ -5,8 +5,8 @@ import re
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from forge.target import finalize_target as finalize
-from forge.types import TargetSpec
+from forge.build.target import finalize_target as finalize
+from forge.build.types import TargetSpec
 from tasks.common import recipe_for, stage
 
 

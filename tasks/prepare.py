@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from forge.append import plan_append
-from forge.schema import InputSummary
-from forge.target import prepare_target as prepare
-from forge.types import RunSpec, TargetSpec, WriteBatch
+from forge.build.schema import InputSummary
+from forge.build.stages import plan_append, prepare
+from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from tasks.common import Opaque, recipe_for, stage
 
 

@@ -17,8 +17,8 @@ os.environ.setdefault("FORGE_DASK_WORKERS", "2")
 
 import pytest  # noqa: E402
 
-from forge.sourceserver import SourceServer  # noqa: E402
-from forge.types import RunSpec  # noqa: E402
+from forge.build.types import RunSpec  # noqa: E402
+from forge.replicas.server import SourceServer  # noqa: E402
 
 
 @pytest.fixture

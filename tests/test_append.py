@@ -10,13 +10,14 @@ import pytest
 import xarray as xr
 
 from forge import ConcatDim, FilePattern, XarrayZarrRecipe
-from forge.append import AppendError, plan_append
-from forge.caching import cache_batch, plan_cache
-from forge.fetch import SourceError
+from forge.build.append import AppendError, plan_append
+from forge.build.caching import cache_batch, plan_cache
+from forge.build.stages import prepare
+from forge.build.target import open_group, pending_marker
+from forge.build.writers import store_batch
+from forge.io.fetch import SourceError
 from forge.run import run_locally
-from forge.target import open_group, pending_marker, prepare_target
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
-from forge.writers import store_batch
 
 CHUNK = 3  # 10 days end inside a chunk, so the first append fills a partly written chunk
 
@@ -72,7 +73,7 @@ def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, day
     append_run, new = plan_append(recipe, run)
     assert len(new) == 10
     summaries = [s for b in plan_cache(recipe, append_run) for s in cache_batch(recipe, append_run, b)]
-    target, batches = prepare_target(recipe, append_run, summaries)
+    target, batches = prepare(recipe, append_run, summaries)
     store_batch(recipe, target, batches[0])  # ... and the process dies here
     storage, key = pending_marker(run.target_url)
     marker = json.loads(storage.read_text(key))

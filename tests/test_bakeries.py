@@ -32,7 +32,7 @@ from flows.bakery import (
     parse_bakery,
     task_runner_for,
 )
-from flows.runner import CLUSTER_CONFIG, local_cluster_kwargs
+from flows.runtime.runner import CLUSTER_CONFIG, local_cluster_kwargs
 
 CLOUDS = {"gcp": "gs://", "aws": "s3://", "azure": "abfs://"}
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
@@ -88,7 +88,7 @@ def test_cluster_spec_is_a_valid_daskcluster_with_spot_workers(cloud):
     assert container["resources"]["limits"] == {"cpu": dask.worker.cpu, "memory": dask.worker.memory}
     assert container["resources"]["requests"] == container["resources"]["limits"]
     assert "--no-nanny" in container["args"]
-    assert container["args"][container["args"].index("--preload") + 1] == "flows.worker_preload"
+    assert container["args"][container["args"].index("--preload") + 1] == "flows.runtime.worker_preload"
     assert container["args"][container["args"].index("--nthreads") + 1] == "1"
     assert {"name": "FORGE_BAKERY", "value": cloud} in container["env"]
     # Dask in the pod reads flows/runner.CLUSTER_CONFIG from its environment.
@@ -154,7 +154,7 @@ def _worker_setup(config_keys: list[str]) -> dict:
         # What the first task would import (Prefect loads its collections in a worker's first task run).
         "preloaded": {"tasks.cache", "tasks.prepare", "tasks.store", *prefect_collections()}
         <= set(sys.modules),
-        # What it imported is out of the cycle collector's full passes (flows/gc_freeze.py).
+        # What it imported is out of the cycle collector's full passes (flows/runtime/gc_freeze.py).
         "frozen": gc.get_freeze_count() > 100_000,
     }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from forge.replica import OISST_ROOT, oisst_url
+from forge.replicas.oisst import OISST_ROOT, oisst_url
 from tests.integration.helpers import free_port
 
 FORGE = Path(sys.executable).parent / "forge"
@@ -40,11 +40,11 @@ def test_replica_command_serves_oisst_files_with_the_requested_delay_up_to_the_l
 
 def test_append_dry_run_from_the_command_line_lists_what_the_source_has(tmp_path):
     """`forge run --append --dry-run` asks the source (the replica), needs no Prefect, writes nothing."""
-    from forge.loading import load_recipe
-    from forge.replica import OisstReplica
+    from forge.build.types import RunSpec
+    from forge.recipe.loading import load_recipe
+    from forge.replicas.oisst import OisstReplica
+    from forge.replicas.server import SourceServer
     from forge.run import run_locally
-    from forge.sourceserver import SourceServer
-    from forge.types import RunSpec
 
     replica_dir, target = tmp_path / "replica", tmp_path / "target"
     with SourceServer(generate=OisstReplica(replica_dir).generate) as source:

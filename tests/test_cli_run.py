@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from forge.replica import OisstReplica
+from forge.replicas.oisst import OisstReplica
 from forge.testing import assert_store_matches
 
 FORGE = Path(sys.executable).parent / "forge"

@@ -2,7 +2,7 @@
 
 from flows.bakery import load_bakeries
 from flows.deploy import PREFECT_FILE, render
-from forge.loading import list_recipes
+from forge.recipe.loading import list_recipes
 
 
 def test_prefect_yaml_is_generated_from_the_recipes():

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe, writers
-from forge.openers import InputError
+from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
+from forge.build import writers
+from forge.io.openers import InputError
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_sources, open_store, write_inputs
 
@@ -213,7 +214,7 @@ def test_rerun_is_idempotent(served, run_spec):
 
 
 def test_a_batch_downloads_over_one_kept_alive_connection(served, run_spec):
-    from forge.caching import fetch_missing, plan_cache
+    from forge.build.caching import fetch_missing, plan_cache
 
     write_inputs(make_dataset(6), Path(served.root), 1)
     recipe = XarrayZarrRecipe(concat_pattern(served, 6), max_concurrency_per_host=1)
@@ -255,8 +256,8 @@ def test_unknown_file_type():
 def test_write_batches_are_a_few_per_worker(served, run_spec, workers, expected):
     """Each write batch is a task run: two per worker when the cluster's size is known, and never more
     than the recipe's max_write_batches or the number of chunks."""
-    from forge.caching import cache_batch, plan_cache
-    from forge.target import prepare_target
+    from forge.build.caching import cache_batch, plan_cache
+    from forge.build.target import prepare_target
 
     paths = write_inputs(make_dataset(12), Path(served.root), 1)
     recipe = XarrayZarrRecipe(concat_pattern(served, 12), target_chunks={"time": 2}, max_write_batches=8)

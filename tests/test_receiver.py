@@ -20,9 +20,16 @@ from fastapi.testclient import TestClient
 from google.auth import crypt, jwt
 
 from flows.receiver import Authenticator, create_app, load_rules
-from forge.notifications import NotificationError, ObjectCreated, parse_notification
-from forge.sourceserver import SourceServer
-from forge.triggers import Coalescer, OidcCheck, TriggerConfigError, TriggerRule, route, rules_from_meta
+from forge.events.notifications import NotificationError, ObjectCreated, parse_notification
+from forge.events.triggers import (
+    Coalescer,
+    OidcCheck,
+    TriggerConfigError,
+    TriggerRule,
+    route,
+    rules_from_meta,
+)
+from forge.replicas.server import SourceServer
 
 TOKEN = "s3cr3t-token-value"
 KEY = "noaa-oisst/202409/oisst-avhrr-v02r01.20240901.nc"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from forge.loading import load_recipe
-from forge.replica import OISST_ROOT, oisst_url
+from forge.recipe.loading import load_recipe
+from forge.replicas.oisst import OISST_ROOT, oisst_url
 from forge.testing import assert_store_matches
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import forge
 
-MODULES = [m.name for m in pkgutil.iter_modules(forge.__path__, "forge.")]
+MODULES = [m.name for m in pkgutil.walk_packages(forge.__path__, "forge.")]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from forge.fetch import HostSession, PermanentSourceError, RetryPolicy, TransientSourceError, download
-from forge.secrets import with_query_secrets
-from forge.sourceserver import SourceServer
+from forge.io.fetch import HostSession, PermanentSourceError, RetryPolicy, TransientSourceError, download
+from forge.io.secrets import with_query_secrets
+from forge.replicas.server import SourceServer
 
 FAST = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05, timeout=5)
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from forge.openers import InputError, open_input
+from forge.io.openers import InputError, open_input
 
 
 def _dataset() -> xr.Dataset:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from forge import ConcatDim, FilePattern, Key, MergeDim, Secret
-from forge.patterns import parse_rewrites, rewrite_url
+from forge.recipe.patterns import parse_rewrites, rewrite_url
 
 
 def url(variable: str, time: pd.Timestamp) -> str:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from forge.openers import InputError
-from forge.patterns import Key
-from forge.schema import combine, share_equal_parts, summarize
+from forge.build.schema import combine, share_equal_parts, summarize
+from forge.io.openers import InputError
+from forge.recipe.patterns import Key
 from forge.testing import make_dataset
 
 

@@ -9,7 +9,7 @@ import psutil
 import xarray as xr
 
 from flows.cli import local_replica
-from forge.replica import OISST_ROOT
+from forge.replicas.oisst import OISST_ROOT
 from forge.testing import assert_store_matches
 from tests.integration.helpers import (
     HEARTBEAT,

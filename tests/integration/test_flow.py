@@ -14,10 +14,10 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from flows.recipe import recipe as recipe_flow
-from forge.loading import load_recipe
+from forge.build.types import RunSpec
+from forge.recipe.loading import load_recipe
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
-from forge.types import RunSpec
 from tasks.cache import host_limit_name
 from tests.integration.helpers import (
     HEARTBEAT,
@@ -98,7 +98,7 @@ def test_rerun_is_idempotent_and_downloads_nothing(served, tmp_path):
 
 
 def test_basic_auth_and_query_secret_stay_secret(tmp_path, monkeypatch):
-    from forge.sourceserver import SourceServer
+    from forge.replicas.server import SourceServer
 
     (tmp_path / "src").mkdir()
     ds = make_dataset(4)
@@ -129,7 +129,7 @@ def test_basic_auth_and_query_secret_stay_secret(tmp_path, monkeypatch):
 
 
 def test_wrong_password_fails_without_retry_or_leak(tmp_path, monkeypatch):
-    from forge.sourceserver import SourceServer
+    from forge.replicas.server import SourceServer
 
     (tmp_path / "src").mkdir()
     paths = write_inputs(make_dataset(2), tmp_path / "src", 2)

@@ -16,8 +16,8 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from flows.runner import local_task_runner
-from flows.settings_once import settings_serialized_once
+from flows.runtime.runner import local_task_runner
+from flows.runtime.settings_once import settings_serialized_once
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from forge.replica import FIRST_DAY, OISST_ROOT, OisstReplica
-from forge.sourceserver import SourceServer
+from forge.replicas.oisst import FIRST_DAY, OISST_ROOT, OisstReplica
+from forge.replicas.server import SourceServer
 from forge.testing import assert_store_matches
 from tests.integration.helpers import (
     BIN,

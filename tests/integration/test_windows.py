@@ -12,8 +12,8 @@ import pytest
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.runner import local_task_runner
-from flows.windows import submit_windowed, wait_ended
+from flows.runtime.runner import local_task_runner
+from flows.runtime.windows import submit_windowed, wait_ended
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

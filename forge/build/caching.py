@@ -13,15 +13,15 @@ from urllib.parse import urlsplit
 
 import xarray as xr
 
-from forge.fetch import HostSession, download, make_temp_path, source_exists
-from forge.openers import check_magic, get_opener, open_input, open_raw
-from forge.patterns import rewrite_url
-from forge.plan import n_cache_batches, split_evenly
-from forge.recipe import XarrayZarrRecipe
-from forge.schema import InputSummary, share_equal_parts, summarize
-from forge.secrets import Lookup, env_lookup, redact_url, resolve, secret_values, with_query_secrets
-from forge.storage import Storage
-from forge.types import CacheBatch, CacheItem, RunSpec
+from forge.io.fetch import HostSession, download, make_temp_path, source_exists
+from forge.io.openers import check_magic, get_opener, open_input, open_raw
+from forge.recipe.patterns import rewrite_url
+from forge.build.plan import n_cache_batches, split_evenly
+from forge.recipe.recipes import XarrayZarrRecipe
+from forge.build.schema import InputSummary, share_equal_parts, summarize
+from forge.io.secrets import Lookup, env_lookup, redact_url, resolve, secret_values, with_query_secrets
+from forge.io.storage import Storage
+from forge.build.types import CacheBatch, CacheItem, RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str,
     """An input opened lazily from the cache (or in place), with ``process_input`` applied. Without
     ``process_input``, nothing selects by label, so no pandas indexes are built (a third of an open).
 
-    ``raw=True`` gives a :class:`~forge.openers.RawInput` of packed values instead of a Dataset.
+    ``raw=True`` gives a :class:`~forge.io.openers.RawInput` of packed values instead of a Dataset.
     ``name`` is the input's secret-free URL, used in messages and passed to ``process_input``.
     """
     path_cm: AbstractContextManager[Path | str] = (

@@ -19,6 +19,9 @@ from prefect_dask import DaskTaskRunner
 # unresponsive" warning) and twice a second for the dashboard's CPU and memory plots: an idle local
 # cluster of two used 2.4 CPU-seconds per 30 s with those, 0.9 with these (the memory monitor that spills
 # and restarts workers keeps its 100 ms).
+# Imported by every worker as it starts (see the module).
+PRELOAD = "flows.runtime.worker_preload"
+
 CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "500ms",
@@ -58,7 +61,7 @@ def local_cluster_kwargs(workers: int | None = None) -> dict:
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": ":0",
-        "preload": ["flows.worker_preload"],
+        "preload": [PRELOAD],
     }
 
 

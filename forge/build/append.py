@@ -23,10 +23,10 @@ import xarray as xr
 import zarr
 from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
 
-from forge.caching import source_probe
-from forge.recipe import XarrayZarrRecipe
-from forge.schema import InputSummary, Template, VariableSpec
-from forge.target import (
+from forge.build.caching import source_probe
+from forge.recipe.recipes import XarrayZarrRecipe
+from forge.build.schema import InputSummary, Template, VariableSpec
+from forge.build.target import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
     INPUTS_ATTR,
@@ -36,7 +36,7 @@ from forge.target import (
     pending_marker,
     plan_write_batches,
 )
-from forge.types import RunSpec, TargetSpec, WriteBatch
+from forge.build.types import RunSpec, TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
 

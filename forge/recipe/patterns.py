@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from forge.secrets import Secret, check_no_plain_secrets
+from forge.io.secrets import Secret, check_no_plain_secrets
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,12 @@ class FilePattern:
         At most one :class:`ConcatDim` and any number of :class:`MergeDim`.
     fsspec_open_kwargs
         Options for opening sources (``auth=(user, Secret("PASSWORD_VAR"))``, ``headers=...``).
-        Secret values must be given as :class:`~forge.secrets.Secret` names, never as plain strings.
+        Secret values must be given as :class:`~forge.io.secrets.Secret` names, never as plain strings.
     query_string_secrets
         Query parameter name -> secret name, appended to each URL when it is fetched. The URL as written in
         the recipe, the cache path, logs and store attributes never contain the value.
     file_type
-        One of the types in :mod:`forge.openers` (``netcdf4``, ``netcdf3``, ``zarr``, ``grib``).
+        One of the types in :mod:`forge.io.openers` (``netcdf4``, ``netcdf3``, ``zarr``, ``grib``).
     """
 
     format_function: Callable[..., str]

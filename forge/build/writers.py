@@ -20,14 +20,14 @@ import xarray as xr
 import zarr
 from xarray.conventions import encode_cf_variable
 
-from forge.caching import opened
-from forge.openers import RawInput
-from forge.plan import ChunkWrite
-from forge.recipe import XarrayZarrRecipe
-from forge.schema import VariableSpec
-from forge.storage import Storage
-from forge.target import open_group
-from forge.types import TargetSpec, WriteBatch
+from forge.build.caching import opened
+from forge.io.openers import RawInput
+from forge.build.plan import ChunkWrite
+from forge.recipe.recipes import XarrayZarrRecipe
+from forge.build.schema import VariableSpec
+from forge.io.storage import Storage
+from forge.build.target import open_group
+from forge.build.types import TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
 SLAB_BYTES = 8 * 2**20  # largest single read: bounds the decode temporaries whatever an input's size

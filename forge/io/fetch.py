@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import fsspec
 import requests
 
-from forge.secrets import scrub
+from forge.io.secrets import scrub
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from prefect.plugins import load_prefect_collections
 import tasks.cache  # noqa: F401
 import tasks.prepare  # noqa: F401
 import tasks.store  # noqa: F401
-from flows.gc_freeze import freeze_loaded
+from flows.runtime.gc_freeze import freeze_loaded
 
 load_prefect_collections()
 freeze_loaded()  # last: everything above is loaded for the worker's lifetime

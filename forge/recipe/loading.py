@@ -8,20 +8,17 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from forge.recipe import XarrayZarrRecipe
-
-if TYPE_CHECKING:
-    from forge.types import RunSpec
+from forge.recipe.recipes import XarrayZarrRecipe
 
 
 def recipes_dir() -> Path:
     """``$FORGE_RECIPES_DIR``, else the ``recipes/`` folder of this checkout."""
     env = os.environ.get("FORGE_RECIPES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "recipes"
 
 
 @dataclass(frozen=True)
@@ -80,8 +77,3 @@ def load_recipe(ref: str) -> XarrayZarrRecipe:
     if not isinstance(recipe, XarrayZarrRecipe):
         raise TypeError(f"{source.path} must define a module-level `recipe = XarrayZarrRecipe(...)`")
     return recipe
-
-
-def recipe_for(run: RunSpec) -> XarrayZarrRecipe:
-    """The recipe a run works on: loaded by its reference (in any worker process), pruned as the run asks."""
-    return load_recipe(run.recipe).pruned(run.prune)

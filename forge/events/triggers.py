@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from forge.notifications import ObjectCreated
+from forge.events.notifications import ObjectCreated
 
 
 class TriggerConfigError(ValueError):

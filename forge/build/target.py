@@ -19,12 +19,12 @@ import xarray as xr
 import zarr
 
 from forge import __version__
-from forge.caching import opened
-from forge.plan import batch_chunks, chunk_writes, default_chunk
-from forge.recipe import XarrayZarrRecipe
-from forge.schema import InputSummary, Template, VariableSpec, combine
-from forge.storage import Storage, zarr_store
-from forge.types import RunSpec, TargetSpec, WriteBatch
+from forge.build.caching import opened
+from forge.build.plan import batch_chunks, chunk_writes, default_chunk
+from forge.recipe.recipes import XarrayZarrRecipe
+from forge.build.schema import InputSummary, Template, VariableSpec, combine
+from forge.io.storage import Storage, zarr_store
+from forge.build.types import RunSpec, TargetSpec, WriteBatch
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +180,7 @@ def plan_write_batches(
 def prepare_target(
     recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
 ) -> tuple[TargetSpec, list[WriteBatch]]:
-    """Combine all inputs' schemas, write the template (unless an identical store is done), plan writes.
-
-    In append mode (``run.append_from`` set) the store is extended instead (:mod:`forge.append`).
-    """
-    if run.append_from is not None:
-        from forge.append import prepare_append  # it builds on this module
-
-        return prepare_append(recipe, run, summaries)
+    """Combine all inputs' schemas, write the template (unless an identical store is done), plan writes."""
     template = combine_inputs(recipe, summaries)
     fp = fingerprint(recipe, template, summaries)
     url = run.target_url

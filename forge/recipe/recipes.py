@@ -1,4 +1,4 @@
-"""What users write: an Xarray-to-Zarr recipe over a :class:`~forge.patterns.FilePattern`."""
+"""What users write: an Xarray-to-Zarr recipe over a :class:`~forge.recipe.patterns.FilePattern`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import xarray as xr
 
-from forge.openers import get_opener
-from forge.patterns import FilePattern
+from forge.io.openers import get_opener
+from forge.recipe.patterns import FilePattern
 
 ProcessInput = Callable[[xr.Dataset, str], xr.Dataset]
 

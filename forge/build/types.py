@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from forge.patterns import Key
-from forge.plan import ChunkWrite
-from forge.schema import VariableSpec
-from forge.storage import join
+from forge.recipe.patterns import Key
+from forge.build.plan import ChunkWrite
+from forge.build.schema import VariableSpec
+from forge.io.storage import join
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Storage notifications from the clouds and the trigger rules that map new objects to recipes."""

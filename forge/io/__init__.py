@@ -1,0 +1,1 @@
+"""Reading sources and writing storage: downloads, storage roots, file openers, secrets."""
