@@ -130,7 +130,7 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
     from concurrent.futures import ProcessPoolExecutor
 
     from forge.build.caching import plan_cache
-    from forge.build.stages import finalize_target, prepare, recipe_for
+    from forge.build.stages import finalize, prepare, recipe_for
     from forge.build.types import RunSpec
     from forge.recipe.loading import find_recipe
 
@@ -151,7 +151,7 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
         t1 = time.perf_counter()
         list(pool.map(_store, [target] * len(write_batches), write_batches))
         t2 = time.perf_counter()
-        finalize_target(recipe, target, {})
+        finalize(recipe, target, {})
     wall = time.perf_counter() - t0
     return wall, {"cache + prepare": t1 - t0, "store": t2 - t1}
 

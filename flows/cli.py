@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flows.local import run_stack
+from forge.errors import ForgeError
 
 
 def quiet_prefect_env() -> None:
@@ -45,11 +46,15 @@ def local_replica(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from forge.recipe.loading import load_recipe
     from forge.recipe.patterns import parse_rewrites
 
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
     if args.dry_run and not args.append:
         raise SystemExit("--dry-run goes with --append")
+    if args.debug:  # full tracebacks, here and in the workers started from here
+        os.environ["FORGE_DEBUG"] = "1"
+    load_recipe(args.recipe)  # a recipe that does not load fails here, before any server or cluster starts
     with contextlib.ExitStack() as stack:
         if args.local_replica:
             url = stack.enter_context(local_replica(args.replica_dir))
@@ -66,14 +71,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, recipe
 
         flow = recipe.with_options(task_runner=runner)
-        summary = flow(
+        state = flow(
             recipe=args.recipe,
             target_root=args.target_root or DEFAULT_TARGET_ROOT,
             cache_root=args.cache_root or DEFAULT_CACHE_ROOT,
             prune=args.prune,
             url_rewrites=rewrites or None,
             append=args.append,
+            return_state=True,
         )
+    if not state.is_completed():
+        print(f"forge: error: {state.message}", file=sys.stderr)
+        return 1
+    summary = state.result()
     if "repr" not in summary:
         return 0
     print(summary["repr"])
@@ -90,9 +100,10 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
 
     target_root = args.target_root or DEFAULT_TARGET_ROOT
     run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites)
-    run, new = plan_append(load_recipe(run.recipe).pruned(run.prune), run)
+    recipe = load_recipe(run.recipe).pruned(run.prune)
+    run, new = plan_append(recipe, run)
     if not new or args.dry_run:
-        print(describe_append(run.target_url, new, dry_run=True))
+        print(describe_append(recipe, run, new, dry_run=True))
         return True
     return False
 
@@ -170,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="with --append: list what would be added")
     run.add_argument("--dask-address", help="an existing Dask scheduler (default: a local cluster)")
     run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
+    run.add_argument("--debug", action="store_true", help="show every traceback in full")
     run.set_defaults(func=cmd_run)
     ls = sub.add_parser("list", help="list the recipes in recipes/")
     ls.set_defaults(func=cmd_list)
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (LookupError, ValueError, TypeError) as e:
+    except (ForgeError, ValueError) as e:  # bad arguments, or a recipe that does not load
         print(f"forge: error: {e}", file=sys.stderr)
         return 2
 

@@ -6,16 +6,22 @@ import os
 import time
 from pathlib import Path
 
-from prefect import flow, unmapped
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import flow, get_run_logger, unmapped
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
+from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure
+from flows.reports import Progress, failed_run, source_text, summary_artifact
 from flows.runtime.gc_freeze import loaded_frozen
 from flows.runtime.settings_once import settings_serialized_once
+from flows.runtime.tracebacks import install_traceback_filter
 from flows.runtime.windows import submit_windowed, wait_ended
 from forge.build.append import describe_append
+from forge.build.stages import recipe_for
 from forge.build.types import RunSpec
+from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
 from forge.recipe.patterns import parse_rewrites
 from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
@@ -25,6 +31,8 @@ from tasks.store import store_chunks
 
 DEFAULT_TARGET_ROOT = str(Path("data/target").resolve())
 DEFAULT_CACHE_ROOT = str(Path("data/cache").resolve())
+
+install_traceback_filter()
 
 
 def run_spec(
@@ -48,10 +56,24 @@ def run_spec(
     )
 
 
+def run_name() -> str:
+    """``noaa-oisst · append``: runs told apart by recipe and mode in the UI (not a random name)."""
+    params = flow_run.parameters
+    try:
+        recipe_id = find_recipe(params["recipe"]).recipe_id
+    except ForgeError:
+        recipe_id = str(params["recipe"])
+    mode = "append" if params.get("append") else "build"
+    if params.get("append") and params.get("dry_run"):
+        mode += " (dry run)"
+    prune = f" · first {params['prune']}" if params.get("prune") else ""
+    return f"{recipe_id} · {mode}{prune}"
+
+
 # The bakery (FORGE_BAKERY, set by the deployment) picks the task runner: local processes or a KubeCluster.
 # No full garbage collection walks what the process loaded before the run (Prefect, Dask, xarray), and the
 # task runs carry the flow's Prefect settings as they are (not dumped and rebuilt for every task run).
-@flow(name="recipe", task_runner=task_runner_for(current_bakery()), log_prints=True)
+@flow(name="recipe", flow_run_name=run_name, task_runner=task_runner_for(current_bakery()), log_prints=True)
 @loaded_frozen
 @settings_serialized_once
 def recipe(
@@ -62,22 +84,43 @@ def recipe(
     url_rewrites: dict[str, str] | None = None,
     append: bool = False,
     dry_run: bool = False,
-) -> dict:
-    """Build ``{target_root}/{recipe_id}.zarr`` from a recipe id (in ``recipes/``) or a recipe path.
+) -> dict | State:
+    """Build a recipe's Zarr store, or append to it what is new at the source.
 
-    ``append``: add only the inputs beyond the store's end (idempotent; finishes an interrupted append).
-    ``dry_run`` (with ``append``): list what would be added, touch nothing.
+    Args:
+        recipe: A recipe id from recipes/ (e.g. noaa-oisst), or a path to a recipe directory or .py file.
+        target_root: Where stores go, as {target_root}/{recipe_id}.zarr (a local path, s3://, gs://, abfs://).
+        cache_root: Where inputs are cached before they are read.
+        prune: Keep only the first N keys of the concat dimension (a test build).
+        url_rewrites: Source URL prefix -> mirror prefix, e.g. a local replica of the source server.
+        append: Add only the inputs beyond the store's end (idempotent; finishes an interrupted append).
+        dry_run: With append: list what would be added and change nothing.
     """
-    run = run_spec(recipe, target_root, cache_root, prune, url_rewrites)
+    try:
+        run = run_spec(recipe, target_root, cache_root, prune, url_rewrites)
+    except ForgeError as e:  # the recipe does not load: say why, and where
+        return failed_run(StageFailed("load-recipe", None, e), str(recipe))
+    try:
+        return build(run, append, dry_run)
+    except StageFailed as failure:
+        return failed_run(failure, run.recipe_id)
+
+
+def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
+    """The stages, in order; a stage that fails raises :class:`StageFailed` with its cause."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if append:
-        run, new = plan_append_run(run)
+        try:
+            run, new = plan_append_run(run)
+        except Exception as e:
+            raise StageFailed("plan-append", None, e) from e
+        get_run_logger().info(describe_append(recipe_for(run), run, new, dry_run))
         if dry_run or not new:
-            print(describe_append(run.target_url, new, dry_run))
             return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
     batches, windows = plan_cache_batches(run)
+    cached = Progress(f"inputs cached for {run.recipe_id}", sum(len(b.value.items) for b in batches))
     with source_host_slots(windows):
         summaries = submit_windowed(
             lambda b: cache_inputs.submit(b, run), batches, lambda b: b.value.host, windows
@@ -85,21 +128,37 @@ def recipe(
         # Submitted now, it starts the moment the last batch ends. On a worker, not in the flow's
         # process: it holds every input's summary (about 9 KB each).
         prepared = prepare_target.submit(run, summaries)
-        wait_ended(summaries)  # the download slots are held until every batch has ended
+        # The download slots are held until every batch has ended.
+        wait_ended(summaries, lambda i: cached.advance(len(batches[i].value.items)))
+    failed = first_failure("cache", summaries, [b.value.label for b in batches])
+    if failed:
+        end_unrun(prepared, "prepare-target", f"not started: {failed}")
+        raise failed
+    if failed := first_failure("prepare-target", [prepared], [None]):
+        raise failed
     target, write_batches = prepared.result()
     timings["cache + prepare"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    progress = create_progress_artifact(0.0, description=f"chunks stored for {run.recipe_id}")
-    stored = store_chunks.map(write_batches, unmapped(target))
-    done = 0
-    for future in as_completed(stored):
-        done += future.result().chunks
-        update_progress_artifact(progress, 100.0 * done / max(1, target.n_chunks))
-    if not stored:
-        update_progress_artifact(progress, 100.0)
+    stored = Progress(f"chunks stored for {run.recipe_id}", target.n_chunks)
+    futures = store_chunks.map(write_batches, unmapped(target))
+    for future in as_completed(futures):
+        if failure_of(future) is None:
+            stored.advance(future.result().chunks)
+    if failed := first_failure("store", futures, [b.value.label for b in write_batches]):
+        raise failed
+    if not futures:
+        stored.advance(1)
     timings["store"] = time.perf_counter() - t1
 
-    summary = finalize_target(target, timings)
+    t2 = time.perf_counter()
+    try:
+        summary = finalize_target(target)
+    except Exception as e:
+        raise StageFailed("finalize-target", None, e) from e
+    timings["finalize"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    first_url = next(iter(recipe_for(run).pattern.items()))[1]
+    summary_artifact(run, target, summary, source_text(first_url, run), timings)
     print(f"store ready: {summary['url']}" + (f" (appended {target.appended})" if append else ""))
-    return {**summary, "appended": target.appended}
+    return {**summary, "appended": target.appended, "timings": timings}

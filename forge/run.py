@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from forge.build.stages import (
     cache_batch,
-    finalize_target,
+    finalize,
     plan_append,
     plan_cache,
     prepare,
@@ -30,4 +30,4 @@ def run_locally(
     target, batches = prepare(recipe, run, summaries)
     for batch in batches:
         store_batch(recipe, target, batch)
-    return {**finalize_target(recipe, target, {"forge:runner": "local"}), "appended": target.appended}
+    return {**finalize(recipe, target, {"forge:runner": "local"}), "appended": target.appended}

@@ -9,7 +9,7 @@ from prefect.concurrency.sync import concurrency
 from forge.build.caching import cache_batch, host_windows, plan_cache
 from forge.build.schema import InputSummary
 from forge.build.types import CacheBatch, RunSpec
-from tasks.common import Opaque, recipe_for, retry_transient, secret_lookup, stage
+from tasks.common import Opaque, recipe_for, secret_lookup, stage
 
 
 def host_limit_name(host: str) -> str:
@@ -45,10 +45,9 @@ def plan_cache_batches(run: RunSpec) -> tuple[list[Opaque[CacheBatch]], dict[str
 @stage(
     name="cache-inputs",
     task_run_name="{batch.value.label}",
-    retries=3,
-    retry_delay_seconds=[5, 20, 60],
+    retries=2,
+    retry_delay_seconds=10,  # one number: the UI shows a list as "NaN"
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
 )
 def cache_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[InputSummary]]:
     """Fetch the batch's missing inputs, one at a time, and summarize them."""

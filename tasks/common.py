@@ -12,18 +12,20 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import Task
 
 from forge.build.stages import recipe_for  # noqa: F401  (what the tasks load their recipe with)
-from forge.io.fetch import PermanentSourceError
-from forge.io.openers import InputError
-from forge.io.secrets import MissingSecretError
+from forge.errors import is_transient
 
 T = TypeVar("T")
 
 
-def stage(**options: Any):
-    """Prefect's ``@task`` for a recipe stage, without a cache policy: the stages are idempotent on their
-    own, and Prefect's default policy hashes every input of every run (seconds for 16,500 input
-    summaries) for a result cache that nothing reads."""
-    return task(cache_policy=NO_CACHE, **options)
+def stage(name: str, **options: Any):
+    """Prefect's ``@task`` for a recipe stage: runs named after the stage (no random suffix), retried
+    only for passing faults (:func:`retry_transient`), and without a cache policy: the stages are
+    idempotent on their own, and Prefect's default policy hashes every input of every run (seconds for
+    16,500 input summaries) for a result cache that nothing reads."""
+    options.setdefault("task_run_name", name)
+    if options.get("retries"):
+        options.setdefault("retry_condition_fn", retry_transient)
+    return task(name=name, cache_policy=NO_CACHE, **options)
 
 
 class Opaque(Generic[T]):
@@ -57,11 +59,11 @@ def secret_lookup(name: str) -> str | None:
 
 
 def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Prefect retries whole tasks, but not failures a retry cannot fix (404, bad input, missing secret)."""
+    """Prefect retries a stage only for passing faults (connections, timeouts, storage): a 404, a corrupt
+    file, a schema mismatch or an error in the recipe's code fails the same way again. Downloads have
+    retried their own faults already (forge.io.fetch): one retry budget, not one per layer."""
     try:
         state.result()
-    except (PermanentSourceError, InputError, MissingSecretError):
-        return False
-    except Exception:
-        return True
+    except Exception as e:
+        return is_transient(e)
     return True

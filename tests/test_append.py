@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -66,18 +67,26 @@ def test_append_equals_one_shot_build_and_a_second_append_changes_nothing(served
     assert dict(open_group(out["url"]).attrs) == attrs
 
 
+def _begin_append(served, run, days: int):
+    """An append of the store up to ``days`` days, prepared (marker written, arrays resized, coordinate
+    rewritten) and nothing stored yet: where a crash leaves it."""
+    recipe = recipe_for(served, list(range(days)))
+    append_run, new = plan_append(recipe, run)
+    summaries = [s for b in plan_cache(recipe, append_run) for s in cache_batch(recipe, append_run, b)]
+    target, batches = prepare(recipe, append_run, summaries)
+    return recipe, new, target, batches
+
+
 def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, days20):
     run = run_spec()
     run_locally(recipe_for(served, list(range(10))), run)
-    recipe = recipe_for(served, list(range(20)))
-    append_run, new = plan_append(recipe, run)
+    recipe, new, target, batches = _begin_append(served, run, 20)
     assert len(new) == 10
-    summaries = [s for b in plan_cache(recipe, append_run) for s in cache_batch(recipe, append_run, b)]
-    target, batches = prepare(recipe, append_run, summaries)
     store_batch(recipe, target, batches[0])  # ... and the process dies here
     storage, key = pending_marker(run.target_url)
     marker = json.loads(storage.read_text(key))
-    assert marker == {"from_inputs": 10, "from_length": 10}
+    assert (marker["from_inputs"], marker["from_length"]) == (10, 10)
+    assert len(marker["coordinate"]["values"]) == 10  # the coordinate as it was, to restore it
     # Readers of the consolidated metadata still see the old, complete store.
     assert open_store(run.target_url).sizes["time"] == 10
 
@@ -86,17 +95,21 @@ def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, day
     assert_store_matches(out["url"], days20)
     one_shot = run_locally(recipe, run_spec(recipe_id="one-shot"))
     xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
+    assert open_group(out["url"])["time"].chunks == (20,)  # the index stays one chunk
 
 
-def test_a_crash_between_resizes_is_finished_by_the_next_append(served, run_spec, days20):
-    """Killed while resizing: some arrays hold 20 items, others still 10; the rerun puts that right."""
+def test_a_crash_between_resizes_and_mid_coordinate_is_finished_by_the_next_append(served, run_spec, days20):
+    """Killed while resizing ('tas' still holds 10 items, 'pr' 20), or inside the commit's rewrite of the
+    coordinate (its array is gone: the rewrite deletes it first): the rerun restores it from the marker."""
     run = run_spec()
     run_locally(recipe_for(served, list(range(10))), run)
-    storage, key = pending_marker(run.target_url)
-    storage.write_text(key, json.dumps({"from_inputs": 10, "from_length": 10}))
-    open_group(run.target_url)["tas"].resize((20, *open_group(run.target_url)["tas"].shape[1:]))
+    _begin_append(served, run, 20)
+    open_group(run.target_url)["tas"].resize((10, *open_group(run.target_url)["tas"].shape[1:]))
+    shutil.rmtree(Path(run.target_url) / "time")  # as if killed inside the commit's rewrite
     out = run_locally(recipe_for(served, list(range(20))), run, append=True)
-    assert out["sizes"]["time"] == 20 and not storage.exists(key)
+    assert out["sizes"]["time"] == 20 and not pending_marker(run.target_url)[0].exists(
+        pending_marker(run.target_url)[1]
+    )
     one_shot = run_locally(recipe_for(served, list(range(20))), run_spec(recipe_id="one-shot"))
     xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
 

@@ -27,7 +27,7 @@ def test_summary_artifact_key_is_valid_for_any_recipe_id():
     """Recipe ids come from file names (underscores, dots); Prefect's own model must accept the key."""
     from prefect.artifacts import MarkdownArtifact
 
-    from tasks.finalize import artifact_key
+    from flows.reports import artifact_key
 
     for recipe_id in ("noaa-oisst", "oisst_with_codec", "My.Recipe v2"):
         MarkdownArtifact(key=artifact_key(recipe_id), markdown="x")

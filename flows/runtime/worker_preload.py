@@ -13,6 +13,8 @@ import tasks.cache  # noqa: F401
 import tasks.prepare  # noqa: F401
 import tasks.store  # noqa: F401
 from flows.runtime.gc_freeze import freeze_loaded
+from flows.runtime.tracebacks import install_traceback_filter
 
 load_prefect_collections()
+install_traceback_filter()
 freeze_loaded()  # last: everything above is loaded for the worker's lifetime

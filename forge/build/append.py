@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
 
 from forge.build.caching import source_probe
+from forge.errors import ForgeError
 from forge.recipe.recipes import XarrayZarrRecipe
 from forge.build.schema import InputSummary, Template, VariableSpec
+from forge.build.times import decode_times, exact_encoding, is_time_units
 from forge.build.target import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
@@ -35,8 +36,10 @@ from forge.build.target import (
     open_group,
     pending_marker,
     plan_write_batches,
+    write_coordinate,
 )
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.io.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +47,11 @@ logger = logging.getLogger(__name__)
 # the source's frontier and probes this many past it for a gap.
 LINEAR_PROBES = 64
 GAP_LOOKAHEAD = 5
+ARRAY_DOCUMENTS = ("zarr.json", ".zarray", ".zattrs")  # an array's metadata, Zarr v3 and v2
 PACKING = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
-class AppendError(ValueError):
+class AppendError(ForgeError, ValueError):
     """The new inputs cannot be appended; the store is left as it was."""
 
 
@@ -57,6 +61,9 @@ class StoreState:
     concat_inputs: int  # concat positions in the store (an interrupted append: where it started)
     length: int  # items along the concat dimension, likewise
     pending: bool
+    # An interrupted append's record of the concat coordinate as it was: its metadata documents and
+    # stored values (the append rewrites that array whole, to keep it one chunk).
+    coordinate: dict[str, Any] | None = None
 
 
 def dims_of(arr: zarr.Array) -> tuple[str, ...]:
@@ -75,7 +82,13 @@ def read_state(url: str, concat_dim: str) -> StoreState:
     marker = storage.read_text(key)
     if marker:
         pending = json.loads(marker)
-        return StoreState(concat_dim, int(pending["from_inputs"]), int(pending["from_length"]), True)
+        return StoreState(
+            concat_dim,
+            int(pending["from_inputs"]),
+            int(pending["from_length"]),
+            True,
+            pending.get("coordinate"),
+        )
     if attrs.get(COMPLETE_ATTR) is not True:
         raise AppendError(f"{url} is an unfinished build: run the recipe without --append to finish it")
     if INPUTS_ATTR not in attrs:
@@ -127,16 +140,18 @@ def available_prefix(positions: Sequence[Sequence[str]], exists: Callable[[str],
 def _time_encoding(arr: zarr.Array) -> tuple[str, str] | None:
     """(units, calendar) of a CF time coordinate ("<unit> since <date>"), None for plain numbers."""
     units = arr.attrs.get("units")
-    if units and "since" in str(units):
+    if is_time_units(units):
         return str(units), arr.attrs.get("calendar", "standard")
     return None
 
 
-def _stored_coordinate(group: zarr.Group, dim: str, length: int) -> np.ndarray:
+def stored_coordinate(group: zarr.Group, dim: str, length: int, raw: np.ndarray | None = None) -> np.ndarray:
+    """The first ``length`` values of the store's concat coordinate, decoded (``raw``: its stored
+    numbers, when they come from elsewhere: an interrupted append's marker)."""
     arr = group[dim]
-    raw = arr[:length]
+    raw = arr[:length] if raw is None else raw
     encoding = _time_encoding(arr)
-    return np.asarray(decode_cf_datetime(raw, *encoding) if encoding else raw)
+    return decode_times(raw, *encoding) if encoding else np.asarray(raw)
 
 
 def encode_coordinate(group: zarr.Group, dim: str, values: np.ndarray, first_url: str) -> np.ndarray:
@@ -148,8 +163,8 @@ def encode_coordinate(group: zarr.Group, dim: str, values: np.ndarray, first_url
         encoded = np.asarray(values).astype(arr.dtype)
         exact = np.array_equal(encoded, values)
     else:
-        encoded, _, _ = encode_cf_datetime(values, units, calendar, dtype=arr.dtype)
-        exact = np.array_equal(np.asarray(decode_cf_datetime(encoded, units, calendar)), values)
+        encoded = exact_encoding(values, units, calendar, arr.dtype)
+        exact = encoded is not None
     if not exact:
         raise AppendError(
             f"{dim!r} values of the new inputs (from {first_url}) cannot be stored exactly in the store's "
@@ -168,7 +183,7 @@ def check_continuity(stored: np.ndarray, new: np.ndarray, dim: str, first_url: s
         )
     series = np.concatenate([stored[-2:], new])
     steps = np.diff(series)
-    if (steps <= np.zeros_like(steps[:1])).any():
+    if len(steps) and any(s <= steps[0] * 0 for s in steps):  # also cftime dates, whose steps are timedeltas
         raise AppendError(f"{dim!r} of the new inputs (from {first_url}) is not increasing")
     if len(stored) >= 2:
         step = stored[-1] - stored[-2]
@@ -250,7 +265,11 @@ def prepare_append(
     first_url = ordered[0].url
     template = combine_inputs(recipe, ordered)
     group = open_group(run.target_url)
+    storage, key = pending_marker(run.target_url)
     if state.pending:  # a crash may have resized some arrays and not others: back to the recorded start
+        if state.coordinate:
+            _restore_array(Storage(run.target_url), dim, state.coordinate)
+            group = open_group(run.target_url)
         for _, arr in group.arrays():
             dims = dims_of(arr)
             if dim in dims and arr.shape[dims.index(dim)] != state.length:
@@ -259,25 +278,29 @@ def prepare_append(
                 )
     check_compatible(group, template, first_url)
     new_values = np.asarray(template.concat_values)
-    check_continuity(_stored_coordinate(group, dim, state.length), new_values, dim, first_url)
+    stored = group[dim][: state.length]
+    check_continuity(stored_coordinate(group, dim, state.length, stored), new_values, dim, first_url)
     encoded = encode_coordinate(group, dim, new_values, first_url)
 
     n_new = int(sum(template.lengths))
     total = state.length + n_new
     concat_inputs = state.concat_inputs + len(template.lengths)
     # The intent first: a crash from here on is finished by the next append, from the same start.
-    marker = {"from_inputs": state.concat_inputs, "from_length": state.length}
-    storage, key = pending_marker(run.target_url)
+    marker = {
+        "from_inputs": state.concat_inputs,
+        "from_length": state.length,
+        "coordinate": state.coordinate or _record_array(Storage(run.target_url), dim, stored),
+    }
     storage.write_text(key, json.dumps(marker))
+    # The coordinate keeps its length until the commit (finalize_target rewrites it in one chunk):
+    # readers of the consolidated metadata see the old extent, data and all, until then.
     chunk = None
     for name, arr in group.arrays():
         dims = dims_of(arr)
-        if dim in dims:
+        if dim in dims and name != dim:
             axis = dims.index(dim)
             arr.resize(tuple(total if i == axis else n for i, n in enumerate(arr.shape)))
-            if name != dim and chunk is None:
-                chunk = arr.chunks[axis]
-    group[dim][state.length : total] = encoded
+            chunk = chunk or arr.chunks[axis]
     batches = plan_write_batches(
         recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers
     )
@@ -303,8 +326,34 @@ def prepare_append(
         n_chunks=sum(len(b.chunks) for b in batches),
         concat_inputs=concat_inputs,
         appended=n_new,
+        new_coordinate=encoded,
     )
     return spec, batches
+
+
+def commit_coordinate(target: TargetSpec) -> None:
+    """Write the appended concat coordinate in one chunk: the recorded values, then the new ones. The
+    array is first put back as the marker recorded it, so a crash in the middle of this is redone."""
+    storage, key = pending_marker(target.url)
+    record = json.loads(storage.read_text(key) or "{}").get("coordinate")
+    if record is None:
+        raise AppendError(f"{target.url}: the append's marker is gone; run the append again")
+    _restore_array(Storage(target.url), target.concat_dim, record)
+    stored = np.asarray(record["values"], dtype=target.new_coordinate.dtype)
+    write_coordinate(open_group(target.url), target.concat_dim, np.concatenate([stored, target.new_coordinate]))
+
+
+def _record_array(storage: Storage, name: str, values: np.ndarray) -> dict[str, Any]:
+    """What restores the 1-D array ``name`` exactly: its metadata documents (Zarr v3 or v2) and values."""
+    documents = {doc: storage.read_text(f"{name}/{doc}") for doc in ARRAY_DOCUMENTS}
+    return {"documents": {k: v for k, v in documents.items() if v is not None}, "values": values.tolist()}
+
+
+def _restore_array(storage: Storage, name: str, record: dict[str, Any]) -> None:
+    for doc, text in record["documents"].items():
+        storage.write_text(f"{name}/{doc}", text)
+    arr = open_group(storage.root)[name]
+    arr[:] = np.asarray(record["values"], dtype=arr.dtype)
 
 
 def plan_append(
@@ -328,9 +377,29 @@ def plan_append(
     return replace(run, append_from=state.concat_inputs), [url for urls in positions[:n] for url in urls]
 
 
-def describe_append(url: str, new: Sequence[str], dry_run: bool) -> str:
-    """What an append adds (or would add, or that there is nothing new), for the CLI and the flow log."""
+def describe_append(
+    recipe: XarrayZarrRecipe, run: RunSpec, new: Sequence[str], dry_run: bool, listed: int = 20
+) -> str:
+    """What an append adds (or would add, or that there is nothing new): the range of the concat
+    dimension's keys (the days, for a daily product) and the first ``listed`` URLs. For the CLI and the
+    flow's log."""
     if not new:
-        return f"nothing new to append to {url}"
+        return f"nothing new to append to {run.target_url}"
+    concat = recipe.pattern.concat_dim
+    n_positions = len(new) // max(1, len(recipe.pattern) // len(concat.keys))
+    keys = [_key_text(k) for k in concat.keys[run.append_from : run.append_from + n_positions]]
+    span = keys[0] if len(keys) == 1 else f"{keys[0]} to {keys[-1]}"
     verb = "would append" if dry_run else "appending"
-    return f"{verb} {len(new)} inputs to {url}:" + "".join(f"\n  {u}" for u in new)
+    more = f"\n  ... and {len(new) - listed} more" if len(new) > listed else ""
+    return (
+        f"{verb} {len(new)} inputs to {run.target_url} ({concat.name} {span}):"
+        + "".join(f"\n  {u}" for u in new[:listed])
+        + more
+    )
+
+
+def _key_text(key: Any) -> str:
+    """A concat key for people: a day as 2026-11-14, anything else as it prints."""
+    if hasattr(key, "strftime") and getattr(key, "hour", 0) == getattr(key, "minute", 0) == 0:
+        return key.strftime("%Y-%m-%d")
+    return str(key)

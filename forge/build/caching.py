@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 
 import xarray as xr
 
-from forge.io.fetch import HostSession, download, make_temp_path, source_exists
+from forge.io.access import SourceAccess
+from forge.io.fetch import SourceSession, download, make_temp_path, source_exists
 from forge.io.openers import check_magic, get_opener, open_input, open_raw
 from forge.recipe.patterns import rewrite_url
 from forge.build.plan import n_cache_batches, split_evenly
 from forge.recipe.recipes import XarrayZarrRecipe
 from forge.build.schema import InputSummary, share_equal_parts, summarize
-from forge.io.secrets import Lookup, env_lookup, redact_url, resolve, secret_values, with_query_secrets
+from forge.io.secrets import Lookup, env_lookup, redact_url
 from forge.io.storage import Storage
 from forge.build.types import CacheBatch, CacheItem, RunSpec
 
@@ -75,24 +76,20 @@ def fetch_missing(
     if reads_in_place(recipe):
         return 0
     storage = Storage(run.cache_root)
-    pattern = recipe.pattern
     missing = [item for item in batch.items if not storage.exists(item.cache_key)]
     if not missing:
         return 0
-    options, secrets = _access(recipe, lookup)
+    access = source_access(recipe, lookup)
     staging = storage.staging_dir()
     t0, total = time.perf_counter(), 0
     # One session per batch: a batch's inputs come from one host, so connections (and TLS) are reused.
-    with HostSession() as session:
+    with SourceSession(access) as session:
         for item in missing:
-            display = redact_url(item.fetch_url)
+            display = source_text(item.url, item.fetch_url)
             tmp = make_temp_path(staging, item.cache_key)
             try:
-                url = with_query_secrets(item.fetch_url, pattern.query_string_secrets, lookup)
-                size = download(
-                    url, tmp, display_url=display, options=dict(options), secrets=secrets, session=session
-                )
-                check_magic(tmp, pattern.file_type, display)
+                size = download(item.fetch_url, tmp, display_url=display, access=access, session=session)
+                check_magic(tmp, recipe.pattern.file_type, display)
                 storage.put_file_atomic(tmp, item.cache_key)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -110,29 +107,32 @@ def fetch_missing(
     return len(missing)
 
 
-def _access(recipe: XarrayZarrRecipe, lookup: Lookup) -> tuple[dict, list[str]]:
-    """The pattern's fsspec options with secrets resolved, and the secret values to scrub from messages."""
+def source_text(url: str, fetch_url: str) -> str:
+    """An input as messages name it: the recipe's URL, and the mirror it was read from, if any."""
+    if fetch_url == url:
+        return redact_url(url)
+    return f"{redact_url(url)} (from {redact_url(fetch_url)})"
+
+
+def source_access(recipe: XarrayZarrRecipe, lookup: Lookup = env_lookup) -> SourceAccess:
+    """The pattern's credentials, resolved, and the hosts they may go to."""
     pattern = recipe.pattern
-    options = resolve(dict(pattern.fsspec_open_kwargs), lookup)
-    secrets = secret_values(dict(pattern.fsspec_open_kwargs), lookup)
-    secrets += [lookup(name) or "" for name in pattern.query_string_secrets.values()]
-    return options, secrets
+    return SourceAccess.resolve(
+        pattern.fsspec_open_kwargs, pattern.query_string_secrets, pattern.trusted_redirect_hosts, lookup
+    )
 
 
 def source_probe(
     recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup = env_lookup
 ) -> Callable[[str], bool]:
     """``exists(url)`` for the pattern's URLs, asked of the source the way the cache stage fetches them."""
-    options, secrets = _access(recipe, lookup)
-    query_secrets = recipe.pattern.query_string_secrets
+    access = source_access(recipe, lookup)
+    session = SourceSession(access)
 
     def exists(url: str) -> bool:
         fetch_url = rewrite_url(url, run.url_rewrites)
         return source_exists(
-            with_query_secrets(fetch_url, query_secrets, lookup),
-            display_url=redact_url(fetch_url),
-            options=dict(options),
-            secrets=secrets,
+            fetch_url, display_url=source_text(url, fetch_url), access=access, session=session
         )
 
     return exists
@@ -162,11 +162,7 @@ def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str,
             else open_input(path, file_type, name, open_kwargs=kwargs)
         )
         try:
-            if recipe.process_input is not None and not raw:
-                ds = recipe.process_input(ds, name)
-                if not isinstance(ds, xr.Dataset):
-                    raise TypeError(f"process_input returned {type(ds).__name__} for {name}, not a Dataset")
-            yield ds
+            yield ds if raw else recipe.preprocess(ds, name)
         finally:
             ds.close()
 

@@ -23,6 +23,7 @@ from forge.build.caching import opened
 from forge.build.plan import batch_chunks, chunk_writes, default_chunk
 from forge.recipe.recipes import XarrayZarrRecipe
 from forge.build.schema import InputSummary, Template, VariableSpec, combine
+from forge.build.times import exact_encoding, is_time_units
 from forge.io.storage import Storage, zarr_store
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
 
@@ -68,12 +69,50 @@ def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
 def _chunks_for(
     recipe: XarrayZarrRecipe, spec: VariableSpec, template: Template, chunk: int
 ) -> tuple[int, ...]:
-    if not spec.along_concat:
-        return spec.shape  # static variables and dimension coordinates: one chunk each
+    if not spec.along_concat or spec.name == template.concat_dim:
+        # Static variables and dimension coordinates, the concat one included: one chunk each, so that
+        # opening the dataset reads one object per index (as pangeo-forge's ConsolidateDimensionCoordinates).
+        return spec.shape
     return tuple(
         chunk if d == template.concat_dim else min(n, recipe.target_chunks.get(d, n))
         for d, n in zip(spec.dims, spec.shape, strict=True)
     )
+
+
+def concat_coordinate(
+    spec: VariableSpec, values: np.ndarray, encoding: Mapping[str, Any]
+) -> tuple[xr.Variable, dict[str, Any]]:
+    """The concat coordinate as stored, and its Zarr encoding. Times are encoded here, with the template's
+    exact encoding (the source's own where it holds every value), rather than by xarray: one path for
+    every calendar and unit (xarray cannot encode ``months since``)."""
+    units = encoding.get("units")
+    if not is_time_units(units) or values.dtype.kind not in "MO":
+        return xr.Variable(spec.dims, values, attrs=spec.attrs), {**spec.encoding, **encoding}
+    calendar = encoding.get("calendar", "standard")
+    num = exact_encoding(values, units, calendar, encoding.get("dtype"))
+    if num is None:  # unify_time_encoding chose this encoding for being exact
+        raise AssertionError(f"{spec.name!r}: {units!r} does not hold the values exactly")
+    attrs = {**spec.attrs, "units": units, "calendar": calendar}
+    return xr.Variable(spec.dims, num, attrs=attrs), {"dtype": num.dtype, "_FillValue": None}
+
+
+def write_coordinate(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    """Replace the 1-D array ``name`` by ``values`` in one chunk, keeping its metadata (an append grows
+    the concat coordinate, which stays one chunk)."""
+    old = group[name]
+    kwargs: dict[str, Any] = {
+        "shape": values.shape,
+        "chunks": values.shape,
+        "dtype": old.dtype,
+        "fill_value": old.fill_value,
+        "compressors": old.compressors,
+        "filters": old.filters,
+        "attributes": dict(old.attrs),
+        "overwrite": True,
+    }
+    if old.metadata.zarr_format == 3:
+        kwargs["dimension_names"] = old.metadata.dimension_names
+    group.create_array(name, **kwargs)[:] = values
 
 
 def fingerprint(recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary]) -> str:
@@ -127,8 +166,7 @@ def _template_dataset(
     for v in template.variables:
         chunks = _chunks_for(recipe, v, template, chunk)
         if v.name == template.concat_dim and template.concat_values is not None:
-            var = xr.Variable(v.dims, template.concat_values, attrs=v.attrs)
-            encoding = {**v.encoding, **template.concat_encoding}
+            var, encoding = concat_coordinate(v, template.concat_values, template.concat_encoding)
         elif v.along_concat:
             var = xr.Variable(v.dims, dask.array.zeros(v.shape, dtype=v.dtype, chunks=chunks), attrs=v.attrs)
             encoding = dict(v.encoding)
@@ -239,19 +277,31 @@ def finalize_target(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Ma
                 zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
         storage, key = pending_marker(target.url)
         storage.delete(key)  # an append is committed
-    return describe(target.url)
+    return describe(target.url, target.concat_dim)
 
 
-def describe(url: str) -> dict:
-    """A summary of the finished store, for the CLI and Prefect artifacts."""
+def describe(url: str, concat_dim: str | None = None) -> dict:
+    """A summary of the finished store, for the CLI and Prefect artifacts: with ``concat_dim``, the first
+    and last of its values and how many inputs the store holds along it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         ds = xr.open_zarr(zarr_store(url, read_only=True))
     stored = Storage(url).total_size()
-    return {
+    summary = {
         "url": url,
         "repr": repr(ds),
         "nbytes": int(ds.nbytes),
         "stored_bytes": int(stored),
         "sizes": {str(k): int(v) for k, v in ds.sizes.items()},
     }
+    if concat_dim in ds.coords and ds.sizes[concat_dim]:
+        values = ds[concat_dim].values
+        summary["range"] = [_value_text(values[0]), _value_text(values[-1])]
+        summary["inputs_held"] = ds.attrs.get(INPUTS_ATTR)
+    return summary
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="s")).removesuffix("T00:00:00")
+    return str(value)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from forge.recipe.patterns import Key
 from forge.build.plan import ChunkWrite
 from forge.build.schema import VariableSpec
@@ -88,3 +90,6 @@ class TargetSpec:
     n_chunks: int
     concat_inputs: int = 0  # concat positions the store holds once this run is finalized
     appended: int = 0  # items added along the concat dimension by this run (append mode)
+    # Append mode: the concat coordinate's new values (encoded), written at the commit, which rewrites
+    # the coordinate in one chunk.
+    new_coordinate: np.ndarray | None = None

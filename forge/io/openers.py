@@ -8,6 +8,7 @@ truncated file fails with a message naming it instead of a library's opaque erro
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from forge.errors import ForgeError
 
-class InputError(ValueError):
+
+class InputError(ForgeError, ValueError):
     """An input is unreadable or does not fit the recipe; the message names the file."""
 
 
@@ -163,4 +166,24 @@ def open_input(
     try:
         return xr.open_dataset(path, engine=opener.engine, chunks=None, **kwargs)
     except Exception as e:
+        undecodable = _undecodable_times(path, opener, kwargs) if "decode time units" in str(e) else None
+        if undecodable:
+            raise InputError(f"{name}: {undecodable}") from None
         raise InputError(f"{name}: could not open as {file_type} ({type(e).__name__}: {e})") from e
+
+
+def _undecodable_times(path: Path, opener: Opener, kwargs: Mapping[str, Any]) -> str | None:
+    """What to say of time units xarray cannot decode: ``months since`` or ``years since`` outside the
+    360_day calendar, the one calendar in which months and years have a fixed length."""
+    with xr.open_dataset(path, engine=opener.engine, chunks=None, **{**kwargs, "decode_times": False}) as ds:
+        for var_name, var in ds.variables.items():
+            units = str(var.attrs.get("units", ""))
+            if re.match(r"\s*(months?|years?)\s+since\s", units, re.IGNORECASE):
+                calendar = var.attrs.get("calendar", "standard")
+                return (
+                    f"variable {var_name!r} has time units {units!r} in the {calendar!r} calendar, which "
+                    "cannot be decoded: months and years have a fixed length only in the 360_day calendar. "
+                    "Set xarray_open_kwargs={'decode_times': False} and give the times their dates in "
+                    "process_input."
+                )
+    return None

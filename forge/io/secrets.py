@@ -7,12 +7,15 @@ secret values from any text before it reaches a log, an error message or an arti
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from forge.errors import ForgeError
 
 Lookup = Callable[[str], "str | None"]
 REDACTED = "***"
@@ -38,7 +41,7 @@ class Secret:
         return f"Secret({self.name!r})"
 
 
-class MissingSecretError(LookupError):
+class MissingSecretError(ForgeError, LookupError):
     pass
 
 
@@ -94,24 +97,76 @@ def check_no_plain_secrets(options: Mapping[str, Any], path: str = "fsspec_open_
             raise TypeError(f"{where} looks like a credential: give it as Secret('NAME'), not by value")
 
 
-def with_query_secrets(url: str, query_string_secrets: Mapping[str, str], lookup: Lookup) -> str:
-    """The URL to request: the recipe's URL plus each secret query parameter's value."""
-    if not query_string_secrets:
+def with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
+    """``url`` with ``params`` added to its query string."""
+    params = list(params)
+    if not params:
         return url
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    query += [(param, lookup_secret(name, lookup)) for param, name in query_string_secrets.items()]
+    query = parse_qsl(parts.query, keep_blank_values=True) + params
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def scrub(text: str, values: Iterable[str]) -> str:
-    """Replace each secret value (and its URL-encoded form) in ``text`` by ``***``."""
-    from urllib.parse import quote, quote_plus
+def without_query(url: str, names: Iterable[str], values: Iterable[str] = ()) -> str:
+    """``url`` without the query parameters called ``names`` or holding one of ``values``."""
+    names, values = set(names), {v for v in values if v}
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k not in names and v not in values]
+    return url if kept == query else urlunsplit(parts._replace(query=urlencode(kept)))
 
-    for v in sorted({v for v in values if v}, key=len, reverse=True):
-        for form in {v, quote(v, safe=""), quote_plus(v)}:
-            text = text.replace(form, REDACTED)
-    return text
+
+def _pattern(value: str) -> str:
+    """A regular expression for ``value`` in every form a URL, a header or a log can carry it: each
+    character as itself or percent-encoded (any safe set, either case of hex, the ``%`` itself encoded
+    again), a space also as ``+``, a slash also JSON-escaped."""
+    parts = []
+    for ch in value:
+        forms = [re.escape(ch), "".join(f"%(?:25)?{b:02x}" for b in ch.encode())]
+        if ch == " ":
+            forms.append(r"\+")
+        if ch == "/":
+            forms.append(r"\\/")
+        parts.append("(?:" + "|".join(forms) + ")")
+    return "".join(parts)
+
+
+def scrub(text: str, values: Iterable[str]) -> str:
+    """Replace every form of each secret value in ``text`` by ``***`` (see :func:`_pattern`; add the
+    base64 of ``user:password`` to ``values`` for basic auth: :func:`basic_auth_forms`).
+
+    Examples
+    --------
+    >>> scrub("GET /f.nc?token=a%2Bb%2fc&x=1 and a+b/c", ["a+b/c"])
+    'GET /f.nc?token=***&x=1 and ***'
+    """
+    values = sorted({v for v in values if v}, key=len, reverse=True)
+    if not values:
+        return text
+    return re.sub("|".join(_pattern(v) for v in values), REDACTED, text, flags=re.IGNORECASE)
+
+
+def basic_auth_forms(user: str, password: str) -> list[str]:
+    """What to scrub for basic auth: the password, and the ``Authorization`` header's base64 of
+    ``user:password`` (standard and URL-safe alphabets)."""
+    pair = f"{user}:{password}".encode()
+    return [password, base64.b64encode(pair).decode(), base64.urlsafe_b64encode(pair).decode()]
+
+
+_URL_QUERY = re.compile(r"((?:[a-z][a-z0-9+.-]*://|/)[^\s'\"?#]*)\?[^\s'\")#]*", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@", re.IGNORECASE)
+
+
+def without_url_secrets(text: str) -> str:
+    """``text`` with the query strings and user-info of the URLs and paths in it removed: what the fetch
+    layer does to messages it did not write (a library's error naming a redirect target, say).
+
+    Examples
+    --------
+    >>> without_url_secrets("Max retries exceeded with url: /a.nc?sig=XYZ (https://u:p@host/b?c=d)")
+    'Max retries exceeded with url: /a.nc (https://host/b)'
+    """
+    return _URL_USERINFO.sub(r"\1", _URL_QUERY.sub(r"\1", text))
 
 
 def redact_url(url: str) -> str:

@@ -111,7 +111,10 @@ class Storage:
         return self.fs.cat_file(path).decode() if self.fs.exists(path) else None
 
     def write_text(self, key: str, text: str) -> None:
-        self.fs.pipe_file(self._path(key), text.encode())
+        path = self._path(key)
+        if self.supports_local_paths:  # object stores have no folders to make
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.fs.pipe_file(path, text.encode())
 
     def delete(self, key: str) -> None:
         path = self._path(key)

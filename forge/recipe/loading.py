@@ -6,12 +6,14 @@ import functools
 import importlib.util
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from forge.errors import ForgeError, RecipeError
 from forge.recipe.recipes import XarrayZarrRecipe
 
 
@@ -47,7 +49,7 @@ def find_recipe(ref: str) -> RecipeSource:
     if candidate.is_file():
         return RecipeSource(ref, candidate.resolve())
     known = ", ".join(r.recipe_id for r in list_recipes()) or "none"
-    raise LookupError(
+    raise RecipeError(
         f"no recipe {ref!r}: not a recipe file or directory, and not an id in "
         f"{recipes_dir()} (known: {known})"
     )
@@ -66,14 +68,33 @@ def list_recipes() -> list[RecipeSource]:
 
 @functools.lru_cache(maxsize=32)
 def load_recipe(ref: str) -> XarrayZarrRecipe:
-    """Import a recipe module and return its module-level ``recipe`` (cached per process)."""
+    """Import a recipe module and return its module-level ``recipe`` (cached per process).
+
+    Whatever goes wrong (a syntax error, a bad argument, a missing import) is a
+    :class:`~forge.errors.RecipeError` naming the recipe file and the line.
+    """
     source = find_recipe(ref)
     module_name = f"forge_recipe_{source.recipe_id.replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(module_name, source.path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(module_name, None)
+        raise RecipeError(f"{source.path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        line = _line_in(e, source.path)
+        what = str(e) if isinstance(e, ForgeError) else f"{type(e).__name__}: {e}"
+        raise RecipeError(f"{source.path}:{line}: {what}") from e
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, XarrayZarrRecipe):
-        raise TypeError(f"{source.path} must define a module-level `recipe = XarrayZarrRecipe(...)`")
+        raise RecipeError(f"{source.path} must define a module-level `recipe = XarrayZarrRecipe(...)`")
     return recipe
+
+
+def _line_in(exc: BaseException, path: Path) -> int | str:
+    """The line of ``path`` that the traceback of ``exc`` passed through last ("?" if none)."""
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+    return lines[-1] if lines else "?"

@@ -103,6 +103,10 @@ class FilePattern:
         the recipe, the cache path, logs and store attributes never contain the value.
     file_type
         One of the types in :mod:`forge.io.openers` (``netcdf4``, ``netcdf3``, ``zarr``, ``grib``).
+    trusted_redirect_hosts
+        Hosts that may receive the credentials when a source redirects there (a login server). By
+        default credentials go only to the origin (scheme, host, port) of the URL requested, and are
+        dropped on a redirect elsewhere (a signed object-store URL needs none).
     """
 
     format_function: Callable[..., str]
@@ -110,6 +114,7 @@ class FilePattern:
     fsspec_open_kwargs: Mapping[str, Any] = field(default_factory=dict)
     query_string_secrets: Mapping[str, str] = field(default_factory=dict)
     file_type: str = "netcdf4"
+    trusted_redirect_hosts: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -118,6 +123,7 @@ class FilePattern:
         fsspec_open_kwargs: Mapping[str, Any] | None = None,
         query_string_secrets: Mapping[str, str] | None = None,
         file_type: str = "netcdf4",
+        trusted_redirect_hosts: Sequence[str] = (),
     ) -> None:
         names = [d.name for d in combine_dims]
         if len(set(names)) != len(names):
@@ -144,6 +150,7 @@ class FilePattern:
             {k: v.name if isinstance(v, Secret) else v for k, v in secrets.items()},
         )
         object.__setattr__(self, "file_type", file_type)
+        object.__setattr__(self, "trusted_redirect_hosts", tuple(trusted_redirect_hosts))
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -193,6 +200,7 @@ class FilePattern:
             fsspec_open_kwargs=self.fsspec_open_kwargs,
             query_string_secrets=self.query_string_secrets,
             file_type=self.file_type,
+            trusted_redirect_hosts=self.trusted_redirect_hosts,
         )
 
     def sha256(self) -> str:

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import xarray as xr
 
+from forge.errors import RecipeCodeError, RecipeError, call_recipe_code
 from forge.io.openers import get_opener
 from forge.recipe.patterns import FilePattern
 
-ProcessInput = Callable[[xr.Dataset, str], xr.Dataset]
+ProcessInput = Callable[[xr.Dataset, str], xr.Dataset] | Callable[[xr.Dataset], xr.Dataset]
+
+
+def _input_arity(fn: Callable) -> int:
+    """How many positional arguments ``process_input`` takes: ``(ds, url)`` as here or ``(ds)`` as in
+    pangeo-forge's ``process_input``; anything else is refused when the recipe is made."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 2  # a builtin or C function: nothing to check
+    for arity in (2, 1):
+        try:
+            signature.bind(*range(arity))
+            return arity
+        except TypeError:
+            continue
+    raise RecipeError(
+        f"process_input {getattr(fn, '__name__', fn)!r}{signature} must take (ds, url) or (ds): the opened "
+        "input and its URL"
+    )
 
 
 @dataclass(frozen=True)
@@ -26,7 +47,8 @@ class XarrayZarrRecipe:
         Chunk length per dimension in the target; dimensions left out are not split, except the concat
         dimension, whose default gives chunks of about 64 MiB for the largest variable.
     process_input
-        ``f(ds, url) -> ds``, applied to every input after it is opened (decoded), as in pangeo-forge.
+        ``f(ds, url) -> ds`` (or ``f(ds) -> ds``), applied to every input after it is opened (decoded), as
+        in pangeo-forge.
         Inputs are then re-encoded with the target's encoding, which is slower than the default path
         that copies packed values undecoded.
     xarray_open_kwargs
@@ -71,6 +93,19 @@ class XarrayZarrRecipe:
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"target_chunks[{dim!r}] must be a positive integer, not {n!r}")
         get_opener(self.pattern.file_type)
+        if self.process_input is not None:
+            _input_arity(self.process_input)
+
+    def preprocess(self, ds: xr.Dataset, url: str) -> xr.Dataset:
+        """``process_input`` applied to one opened input; its failures name the input and the recipe's
+        line (:class:`~forge.errors.RecipeCodeError`), and it must return a Dataset."""
+        if self.process_input is None:
+            return ds
+        args = (ds, url) if _input_arity(self.process_input) == 2 else (ds,)
+        out = call_recipe_code(self.process_input, f"process_input on {url}", *args)
+        if not isinstance(out, xr.Dataset):
+            raise RecipeCodeError(f"process_input returned {type(out).__name__} for {url}, not a Dataset")
+        return out
 
     @property
     def concat_dim(self) -> str | None:

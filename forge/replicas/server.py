@@ -37,6 +37,12 @@ class SourceServer:
         ``Retry-After: 0``), ``500``, ``reset`` (drop the connection) or ``truncate`` (half the body).
     delay, bytes_per_second
         Throttling: a pause before each response, and a cap on each response's rate.
+    redirect
+        ``redirect(path, query) -> location or None``: answer a request with a 302 to ``location``
+        (``query`` is the raw query string, as the client sent it).
+
+    Every request is recorded in ``seen`` (method, path, raw query, headers), so a test can check what
+    reached this origin.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class SourceServer:
         bytes_per_second: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        redirect: Callable[[str, str], str | None] | None = None,
     ):
         if (root is None) == (generate is None):
             raise ValueError("give exactly one of root or generate")
@@ -58,6 +65,8 @@ class SourceServer:
         self.basic_auth, self.required_query = basic_auth, required_query or {}
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         self.delay, self.bytes_per_second = delay, bytes_per_second
+        self.redirect = redirect
+        self.seen: list[tuple[str, str, str, dict[str, str]]] = []
         self.requests: Counter[str] = Counter()
         self.methods: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
@@ -92,6 +101,7 @@ class SourceServer:
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.seen.clear()
             self.methods.clear()
             self.statuses.clear()
             self.max_active = 0
@@ -158,16 +168,18 @@ class SourceServer:
                 path = unquote(parts.path)
                 with server._lock:
                     server.requests[path] += 1
+                    server.seen.append((self.command, path, parts.query, dict(self.headers.items())))
                     server.methods[self.command] += 1
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
                 self._in_flight = True
                 try:
-                    self._serve(path, parse_qs(parts.query))
+                    self._serve(path, parts.query)
                 finally:
                     self._answering()
 
-            def _serve(self, path: str, query: dict) -> None:
+            def _serve(self, path: str, raw_query: str) -> None:
+                query = parse_qs(raw_query)
                 if server.delay:
                     time.sleep(server.delay)
                 if server.basic_auth and not self._authorized():
@@ -175,6 +187,9 @@ class SourceServer:
                 for k, v in server.required_query.items():
                     if query.get(k) != [v]:
                         return self._send(403, b"forbidden")
+                location = server.redirect(path, raw_query) if server.redirect else None
+                if location:
+                    return self._send(302, b"", {"Location": location})
                 fault = server._next_fault(path)
                 if fault in ("503", "500"):
                     return self._send(int(fault), b"unavailable")

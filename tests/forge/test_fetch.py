@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from forge.io.fetch import HostSession, PermanentSourceError, RetryPolicy, TransientSourceError, download
-from forge.io.secrets import with_query_secrets
+from forge.io.access import SourceAccess
+from forge.io.fetch import PermanentSourceError, RetryPolicy, SourceSession, TransientSourceError, download
 from forge.replicas.server import SourceServer
 
 FAST = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05, timeout=5)
@@ -51,11 +51,11 @@ def test_query_secret_never_in_messages(tmp_path, monkeypatch):
     (tmp_path / "s").mkdir()
     monkeypatch.setenv("API_TOKEN", "tok-SECRET-123")
     with SourceServer(root=tmp_path / "s", required_query={"token": "wrong"}) as srv:
-        url = with_query_secrets(f"{srv.url}/x.nc", {"token": "API_TOKEN"}, lambda n: "tok-SECRET-123")
-        assert "tok-SECRET-123" in url
+        access = SourceAccess.resolve({}, {"token": "API_TOKEN"}, (), lambda n: "tok-SECRET-123")
+        assert "tok-SECRET-123" in access.url(f"{srv.url}/x.nc")
         with pytest.raises(PermanentSourceError) as err:
             download(
-                url, tmp_path / "o", display_url=f"{srv.url}/x.nc", secrets=["tok-SECRET-123"], policy=FAST
+                f"{srv.url}/x.nc", tmp_path / "o", display_url=f"{srv.url}/x.nc", access=access, policy=FAST
             )
     assert "HTTP 403" in str(err.value) and "SECRET" not in str(err.value)
 
@@ -74,12 +74,114 @@ def test_a_host_session_takes_proxies_from_the_environment_once(tmp_path, monkey
         monkeypatch.delenv(name, raising=False)
     with SourceServer(root=tmp_path / "origin") as origin, SourceServer(root=tmp_path / "proxy") as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        with HostSession() as session:
+        with SourceSession() as session:
             for i in range(3):
                 download(f"{origin.url}/b.nc", tmp_path / f"o{i}", display_url="b.nc", session=session)
                 assert (tmp_path / f"o{i}").read_bytes() == b"through the proxy"
         assert len(lookups) == 1 and proxy.requests["/b.nc"] == 3 and origin.requests["/b.nc"] == 0
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        with HostSession() as session:
+        with SourceSession() as session:
             download(f"{origin.url}/b.nc", tmp_path / "direct", display_url="b.nc", session=session)
         assert (tmp_path / "direct").read_bytes() == b"from the origin" and origin.requests["/b.nc"] == 1
+
+
+TOKEN, KEY, PASSWORD = "Zq9+Tok/en=SECRET", "key-SECRET-55", "pw-SECRET-77"
+
+
+def secret_forms() -> list[str]:
+    """Every form a planted secret could take in a URL, a header or a log."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    forms = {base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
+    for value in (TOKEN, KEY, PASSWORD):
+        for safe in ("", "/", "/+=", ":/?=&"):
+            forms |= {quote(value, safe=safe), quote(value, safe=safe).lower()}
+        forms |= {value, quote_plus(value)}
+    return sorted(forms)
+
+
+def assert_no_secret(text: str) -> None:
+    found = [form for form in secret_forms() if form in text]
+    assert not found, f"secret forms {found} in: {text[:2000]}"
+
+
+@pytest.fixture
+def redirecting(tmp_path: Path):
+    """An origin that checks every credential and redirects to a second origin (a signed object-store
+    URL, say), re-encoding the query as some servers do ('/' left literal, '+' as %2B). The second
+    origin fails twice before it serves, so the retries log their reasons."""
+    from urllib.parse import parse_qsl, quote
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.nc").write_bytes(b"y" * 1000)
+    (tmp_path / "origin").mkdir()
+    other = SourceServer(root=tmp_path / "other", faults={"/a.nc": ["503", "503"]})
+
+    def redirect(path: str, query: str) -> str:
+        echoed = "&".join(f"{k}={quote(v, safe='/')}" for k, v in parse_qsl(query))
+        return f"{other.url}{path}?{echoed}&sig=abc"
+
+    origin = SourceServer(
+        root=tmp_path / "origin",
+        basic_auth=("alice", PASSWORD),
+        required_query={"token": TOKEN},
+        redirect=redirect,
+    )
+    with other, origin:
+        yield origin, other
+
+
+def access_for(trusted: tuple[str, ...] = ()) -> SourceAccess:
+    from forge.io.secrets import Secret
+
+    values = {"TOKEN": TOKEN, "KEY": KEY, "PASSWORD": PASSWORD}
+    return SourceAccess.resolve(
+        {"auth": ("alice", Secret("PASSWORD")), "headers": {"X-Api-Key": Secret("KEY")}},
+        {"token": "TOKEN"},
+        trusted,
+        values.get,
+    )
+
+
+def test_credentials_never_follow_a_redirect_to_another_origin(redirecting, tmp_path, caplog):
+    from forge.io.fetch import source_exists
+
+    origin, other = redirecting
+    access = access_for()
+    caplog.set_level("DEBUG")
+    size = download(f"{origin.url}/a.nc", tmp_path / "out", display_url="a.nc", access=access, policy=FAST)
+    assert size == 1000 and other.requests["/a.nc"] == 3 and origin.requests["/a.nc"] == 3
+    assert source_exists(f"{origin.url}/a.nc", display_url="a.nc", access=access, policy=FAST)
+    assert [m for m, *_ in other.seen] == ["GET", "GET", "GET", "HEAD"]
+    for _, _, query, headers in other.seen:  # what reached the other origin
+        assert "authorization" not in {h.lower() for h in headers} and "x-api-key" not in {
+            h.lower() for h in headers
+        }
+        assert query == "sig=abc"
+        assert_no_secret(repr(headers) + query)
+    # the origin got every credential
+    _, _, query, headers = origin.seen[0]
+    assert headers["X-Api-Key"] == KEY and "token=" in query
+    assert "503 (redirected to" in caplog.text  # the retries said where they went...
+    assert_no_secret(caplog.text)  # ... without a secret
+
+
+def test_a_trusted_redirect_host_receives_the_credentials(redirecting, tmp_path):
+    origin, other = redirecting
+    download(
+        f"{origin.url}/a.nc",
+        tmp_path / "out",
+        display_url="a.nc",
+        access=access_for(("127.0.0.1",)),
+        policy=FAST,
+    )
+    _, _, _, headers = other.seen[-1]
+    assert headers["X-Api-Key"] == KEY and headers["Authorization"].startswith("Basic ")
+
+
+def test_every_form_of_a_secret_is_scrubbed():
+    from forge.io.secrets import scrub
+
+    text = " | ".join(secret_forms())
+    assert_no_secret(scrub(text, access_for().secrets))

@@ -39,8 +39,10 @@ def write_recipe(
     pattern_kwargs: str = "",
     recipe_kwargs: str = "",
     name: str = "demo",
+    code: str = "",
 ) -> Path:
-    """A recipe directory ``directory/name/recipe.py`` over ``{SOURCE}/all_{i:04d}.nc``."""
+    """A recipe directory ``directory/name/recipe.py`` over ``{SOURCE}/all_{i:04d}.nc``; ``code`` goes
+    before the pattern (a ``process_input``, say)."""
     path = directory / name / "recipe.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -49,6 +51,8 @@ def write_recipe(
 
         def url(time):
             return f"{SOURCE}/all_{{time:04d}}.nc"
+
+        {textwrap.indent(textwrap.dedent(code), "        ").strip()}
 
         pattern = FilePattern(url, ConcatDim("time", list(range({n_files}))), {pattern_kwargs})
         recipe = XarrayZarrRecipe(pattern, target_chunks={{"time": {chunk}}}, {recipe_kwargs})
@@ -60,6 +64,14 @@ def write_recipe(
 def task_runs(flow_run_id: UUID) -> list:
     with get_client(sync_client=True) as client:
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def artifacts(flow_run_id: UUID) -> dict[str, str]:
+    """The flow run's artifacts: key (or type) -> data."""
+    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}}
+    with get_client(sync_client=True) as client:
+        found = client._client.post("/artifacts/filter", json=body).json()
+    return {a["key"] or a["type"]: a["data"] for a in found}
 
 
 def flow_run(flow_run_id: UUID):

@@ -22,6 +22,7 @@ from tasks.cache import host_limit_name
 from tests.integration.helpers import (
     HEARTBEAT,
     SOURCE,
+    artifacts,
     flow_run,
     flow_run_events,
     logs,
@@ -195,14 +196,65 @@ def test_transient_failures_are_retried_to_success(served, tmp_path):
     assert served.requests["/all_0000.nc"] == 3 and served.requests["/all_0001.nc"] == 3
 
 
-def test_404_fails_clearly_and_writes_nothing(served, tmp_path):
+def test_a_missing_file_fails_the_run_naming_it_with_every_task_run_ended(served, tmp_path):
     paths = write_inputs(make_dataset(4), Path(served.root), 2)
     recipe_dir = write_recipe(tmp_path, len(paths) + 1, chunk=2)  # one more input than the server has
     state = run_flow(recipe_dir, tmp_path, served)
     assert state.is_failed()
-    assert served.requests["/all_0002.nc"] == 1  # a 404 is not retried
-    assert f"{served.url}/all_0002.nc: HTTP 404" in logs(state.state_details.flow_run_id)
+    assert served.requests["/all_0002.nc"] == 1  # a 404 is not retried, at any layer
+    cause = f"{SOURCE}/all_0002.nc (from {served.url}/all_0002.nc): HTTP 404"
+    assert state.message.startswith(f"cache stage failed (cache-0002): {cause}"), state.message
+    flow_run_id = state.state_details.flow_run_id
+    record = flow_run(flow_run_id)
+    assert record.name == "demo · build" and record.state.message == state.message  # what the UI shows
+    runs = {tr.name: tr.state for tr in task_runs(flow_run_id)}
+    assert all(s.is_final() for s in runs.values()), runs  # nothing left Pending
+    assert runs["prepare-target"].is_cancelled() and cause in runs["prepare-target"].message
+    assert cause in artifacts(flow_run_id)["recipe-demo-failure"]
     assert not (tmp_path / "target" / "demo.zarr").exists()
+
+
+def _months_since_standard(path: Path) -> None:
+    xr.Dataset(
+        {"tas": ("time", [1.0])}, coords={"time": ("time", [3], {"units": "months since 2000-01-01"})}
+    ).to_netcdf(path)
+
+
+BAD_INPUTS = {
+    "corrupt": (
+        lambda path: path.write_bytes(b"<html><body>Service moved</body></html>"),
+        "",
+        "all_0001.nc (from {url}/all_0001.nc): not a netcdf4 file",
+    ),
+    "months-since": (
+        _months_since_standard,
+        "",
+        "all_0001.nc: variable 'time' has time units 'months since 2000-01-01' in the 'standard' calendar",
+    ),
+    "process-input-bug": (
+        lambda path: None,
+        "process_input=fix",
+        "process_input on {source}/all_0000.nc: the recipe's fix at recipe.py:8 raised KeyError: \"No "
+        "variable named 'lat_bnds'.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_once_naming_the_file_and_the_cause(served, tmp_path, case):
+    spoil, recipe_kwargs, expected = BAD_INPUTS[case]
+    paths = write_inputs(make_dataset(4), Path(served.root), 2)
+    spoil(paths[1])
+    code = """
+        def fix(ds, url):
+            return ds.drop_vars(ds["lat_bnds"].name)
+    """
+    recipe_dir = write_recipe(tmp_path, len(paths), chunk=2, recipe_kwargs=recipe_kwargs, code=code)
+    state = run_flow(recipe_dir, tmp_path, served)
+    assert state.is_failed()
+    assert expected.format(url=served.url, source=SOURCE) in state.message, state.message
+    cache_runs = [tr for tr in task_runs(state.state_details.flow_run_id) if tr.name.startswith("cache-")]
+    assert all(tr.run_count == 1 for tr in cache_runs)  # a retry would fail the same way: none
 
 
 def test_schema_mismatch_fails_before_writing_and_keeps_the_old_store(served, tmp_path):
