@@ -241,7 +241,7 @@ def measure_flow(recipe_dir: Path, out: Path, srv: _ServedApart) -> tuple[Measur
 
     srv.requests()  # counts from here on
     t_stack = time.perf_counter()
-    with run_stack() as runner:
+    with run_stack(keep_server=False) as runner:
         t_stack = time.perf_counter() - t_stack
         from flows.recipe import recipe
 

@@ -54,7 +54,7 @@ def main() -> None:
         "Prefect's own": many,
     }
     walls: dict[str, list[float]] = {name: [] for name in ways}
-    with run_stack() as runner:
+    with run_stack(keep_server=False) as runner:
         flows = {name: flow(name="many", task_runner=runner)(fn) for name, fn in ways.items()}
         for f in flows.values():
             f(args.workers, 0.0)  # the workers' first task runs, and the server's first requests

@@ -171,7 +171,7 @@ def forge_flow(
     quiet_prefect_env()
     with local_replica(str(replica_dir)) as url, contextlib.ExitStack() as stack:
         t_start = time.perf_counter()  # as `forge run` does: server and cluster side by side
-        runner = stack.enter_context(run_stack())
+        runner = stack.enter_context(run_stack(keep_server=False))
         t_api = time.perf_counter() - t_start
         from flows.recipe import recipe
 

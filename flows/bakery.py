@@ -20,6 +20,9 @@ import yaml
 DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
 REGISTRY = DEPLOYMENTS / "bakeries.yaml"
 JOB_TEMPLATE = DEPLOYMENTS / "kubernetes-job-template.json"
+# The core logs through the standard library (each download attempt, say): this sends the forge loggers
+# to the run's logs in the Prefect UI, from flow-run pods and Dask workers alike.
+LOGGING_ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "forge"}
 CREDENTIAL_KINDS = {"none", "env", "workload-identity", "irsa", "pod-identity", "block"}
 
 
@@ -132,14 +135,15 @@ def cluster_spec(dask: KubeDask, name: str, env: dict[str, str] | None = None) -
     """The DaskCluster resource the dask-kubernetes operator creates for one flow run."""
     from dask_kubernetes.operator import make_cluster_spec
 
-    from flows.runtime.runner import CLUSTER_CONFIG, PRELOAD, config_env
+    from flows.runtime.forkserver import PRELOAD
+    from flows.runtime.runner import CLUSTER_CONFIG, config_env
 
     spec = make_cluster_spec(
         name=name,
         image=dask.image,
         n_workers=dask.adapt_minimum,
         resources=dask.worker.k8s(),
-        env={**config_env(CLUSTER_CONFIG), **(env or {})},
+        env={**config_env(CLUSTER_CONFIG), **LOGGING_ENV, **(env or {})},
     )
     worker = spec["spec"]["worker"]["spec"]
     # One thread per worker: HDF5 decoding holds the GIL. No nanny: it would set MALLOC_TRIM_THRESHOLD_ (1.3x
@@ -209,7 +213,7 @@ def current_bakery() -> Bakery | None:
 
 def job_variables(bakery: Bakery) -> dict[str, Any]:
     """Job variables of a deployment on ``bakery``: they fill the work pool's base job template."""
-    variables: dict[str, Any] = {"env": {"FORGE_BAKERY": bakery.id}}
+    variables: dict[str, Any] = {"env": {"FORGE_BAKERY": bakery.id, **LOGGING_ENV}}
     if bakery.on_kubernetes:
         pod = bakery.flow_pod
         variables.update(

@@ -10,7 +10,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flows.local import run_stack
+from flows.local import run_stack, warm_up
+from flows.server import running_server
 from forge.errors import ForgeError
 
 
@@ -54,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit("--dry-run goes with --append")
     if args.debug:  # full tracebacks, here and in the workers started from here
         os.environ["FORGE_DEBUG"] = "1"
+    if not args.append:  # (an append first asks the source whether there is anything new)
+        warm_up(args.dask_address)
     load_recipe(args.recipe)  # a recipe that does not load fails here, before any server or cluster starts
     with contextlib.ExitStack() as stack:
         if args.local_replica:
@@ -68,6 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = stack.enter_context(run_stack(args.dask_address))
         api = os.environ["PREFECT_API_URL"]
         print(f"Prefect API {api} and Dask cluster ready in {time.perf_counter() - t0:.1f}s")
+        if (kept := running_server()) and kept.api_url == api:
+            print(
+                f"the Prefect server stays up for later runs (UI: {kept.ui_url}); `forge server stop` ends it"
+            )
         from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, recipe
 
         flow = recipe.with_options(task_runner=runner)
@@ -106,6 +113,24 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
         print(describe_append(recipe, run, new, dry_run=True))
         return True
     return False
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows.server import kept_server, running_server, stop_kept_server
+
+    if args.action == "start":
+        server = kept_server().wait_ready()
+        print(f"Prefect server up: API {server.api_url}, UI {server.ui_url} (pid {server.pid})")
+    elif args.action == "status":
+        server = running_server()
+        if server is None:
+            print("no Prefect server is kept for this PREFECT_HOME; `forge run` starts one")
+            return 1
+        print(f"Prefect server up: API {server.api_url}, UI {server.ui_url} (pid {server.pid})")
+    else:
+        stopped = stop_kept_server()
+        print(f"stopped the Prefect server (pid {stopped.pid})" if stopped else "no Prefect server was kept")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -183,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
     run.add_argument("--debug", action="store_true", help="show every traceback in full")
     run.set_defaults(func=cmd_run)
+    srv = sub.add_parser("server", help="the Prefect server `forge run` keeps between runs")
+    srv.add_argument("action", choices=["start", "status", "stop"])
+    srv.set_defaults(func=cmd_server)
     ls = sub.add_parser("list", help="list the recipes in recipes/")
     ls.set_defaults(func=cmd_list)
     rep = sub.add_parser("replica", help="serve the NOAA OISST replica on loopback until interrupted")

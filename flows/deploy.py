@@ -43,7 +43,7 @@ def render() -> str:
         bakery = registry[bakery_id]
         base = {
             "name": source.recipe_id,
-            "description": meta.get("title", source.recipe_id),
+            "description": describe_recipe(source.recipe_id, meta),
             "entrypoint": "flows/recipe.py:recipe",
             "tags": [f"bakery:{bakery_id}", "recipe"],
             "parameters": {
@@ -68,6 +68,13 @@ def render() -> str:
         "deployments": deployments,
     }
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=110)
+
+
+def describe_recipe(recipe_id: str, meta: dict) -> str:
+    """A deployment's description: the recipe's title and description from its meta.yaml."""
+    title = meta.get("title", recipe_id)
+    description = " ".join(str(meta.get("description", "")).split())
+    return f"{title}. {description}" if description else title
 
 
 def append_deployment(recipe_id: str, meta: dict, base: dict) -> dict | None:

@@ -10,6 +10,7 @@ to Prefect, where the automation that ``forge deploy`` created runs ``recipe/<id
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from forge.events.notifications import Notification, NotificationError, ObjectCreated, parse_notification
+from forge.events.sns import SnsCheck, SnsError
 from forge.events.triggers import (
     Coalescer,
     OidcCheck,
@@ -35,6 +37,7 @@ logger = logging.getLogger("forge.receiver")
 
 OBJECTS_LANDED = "forge.source.objects-landed"
 MAX_BODY = 1 << 20  # Event Grid batches are at most 1 MB; S3/GCS notifications are a few KB
+MAX_HANDSHAKE = 16 << 10  # what an unauthenticated request may send: an Event Grid handshake is 1 KB
 LISTED_OBJECTS = 100  # names carried in one event's payload (the count is always exact)
 
 Emit = Callable[[str, list[ObjectCreated]], Awaitable[None]]
@@ -64,7 +67,8 @@ async def emit_to_prefect(recipe_id: str, objects: list[ObjectCreated]) -> None:
 
 
 class Authenticator:
-    """The shared secret (``X-Forge-Token``) and, for Pub/Sub push, an OIDC bearer token."""
+    """The shared secret (``X-Forge-Token``, or as the basic-auth password of an SNS endpoint URL) and,
+    for Pub/Sub push, an OIDC bearer token."""
 
     def __init__(self, token: str | None, oidc: OidcCheck | None):
         if not token and not oidc:
@@ -75,8 +79,11 @@ class Authenticator:
         given = request.headers.get("x-forge-token")
         if given is not None and self.token:
             return check_token(self.token, given)
-        if request.headers.get("authorization") and self.oidc:
-            return self.oidc(request.headers["authorization"])
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("basic ") and self.token:  # SNS: basic auth in the endpoint URL
+            return check_token(self.token, basic_password(authorization))
+        if authorization and self.oidc:
+            return self.oidc(authorization)
         raise Unauthorized("no credentials")
 
     @classmethod
@@ -98,6 +105,7 @@ def create_app(
     emit: Emit = emit_to_prefect,
     window: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
+    sns: SnsCheck | None = None,
 ) -> FastAPI:
     coalescer = Coalescer(window, clock)
 
@@ -136,44 +144,84 @@ def create_app(
 
     @app.post("/")
     async def notify(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        # Only headers before the body: who is asking, and how much they say they send.
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
             return _error(413, f"body over {MAX_BODY} bytes")
         try:
             await asyncio.to_thread(authenticate, request)  # OIDC fetches Google's certs: off the loop
-            authenticated = True
+            authenticated, reason = True, ""
         except Unauthorized as e:
             authenticated, reason = False, str(e)
+        # An Event Grid handshake may come without the delivery header; nothing else is read unasked.
+        body = await read_at_most(request, MAX_BODY if authenticated else MAX_HANDSHAKE)
+        if body is None:
+            return _error(413, f"body over {MAX_BODY} bytes") if authenticated else _error(401, reason)
         try:
             note = parse_notification(body)
         except NotificationError as e:
-            return _error(400 if authenticated else 401, str(e) if authenticated else reason)
+            return _error(400, str(e)) if authenticated else _error(401, reason)
         if not authenticated:
             # Event Grid's handshake carries no event to act on; answering it proves only that we listen.
             if _handshake_only(note) and request.headers.get("x-forge-token") is None:
                 return JSONResponse({"validationResponse": note.validation_code})
             return _error(401, reason)
+        if note.sns is not None and (sns is not None or note.sns["Type"] != "Notification"):
+            if sns is None:  # a subscription to confirm, and no topic expected
+                return _error(
+                    400, "SNS HTTPS subscriptions need FORGE_RECEIVER_SNS_TOPICS (see docs/bakeries.md)"
+                )
+            try:
+                await asyncio.to_thread(sns.verify, note.sns)  # fetches SNS's certificate: off the loop
+                if note.sns["Type"] == "SubscriptionConfirmation":
+                    await asyncio.to_thread(sns.fetch, sns.subscribe_url(note.sns))
+                    logger.info("confirmed the SNS subscription to %s", note.sns["TopicArn"])
+                    return JSONResponse({"confirmed": note.sns["TopicArn"]})
+            except SnsError as e:
+                return _error(403, str(e))
+            except OSError as e:  # SNS did not answer: it sends the confirmation again
+                return _error(502, f"could not reach SNS ({type(e).__name__})")
         if note.validation_code is not None:
             return JSONResponse({"validationResponse": note.validation_code})
         routed = route(note.objects, rules)
         for recipe_id, objects in routed.items():
             coalescer.add(recipe_id, objects)
-        unmatched = len(note.objects) - len({o for objs in routed.values() for o in objs})
+        matched = {o for objs in routed.values() for o in objs}
+        unmatched = [o for o in note.objects if o not in matched]
         if unmatched:
             logger.info(
-                "%d new objects match no recipe's trigger (first: %s)", unmatched, note.objects[0].url
+                "%d new objects match no recipe's trigger (first: %s)", len(unmatched), unmatched[0].url
             )
         return JSONResponse(
             {
                 "recipes": sorted(routed),
                 "objects": len(note.objects),
-                "unmatched": unmatched,
+                "unmatched": len(unmatched),
                 "ignored": note.ignored,
             },
             status_code=202,
         )
 
     return app
+
+
+async def read_at_most(request: Request, limit: int) -> bytes | None:
+    """The body, read as it streams in and never held beyond ``limit`` bytes (None: it is longer)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def basic_password(authorization: str) -> str:
+    """The password of a ``Basic`` Authorization header ("" if it is not one)."""
+    try:
+        decoded = base64.b64decode(authorization.split(" ", 1)[1], validate=True).decode()
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
 
 
 def _handshake_only(note: Notification) -> bool:
@@ -194,6 +242,8 @@ def serve(host: str, port: int, window: float) -> None:
         authenticate = Authenticator.from_env()
     except ValueError as e:
         raise SystemExit(f"forge receiver: {e}") from None
+    topics = os.environ.get("FORGE_RECEIVER_SNS_TOPICS", "").split(",")
+    sns = SnsCheck.from_topics(topics) if any(t.strip() for t in topics) else None
     rules = load_rules()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for rule in rules:
@@ -204,4 +254,5 @@ def serve(host: str, port: int, window: float) -> None:
             rule.prefix,
             rule.suffix,
         )
-    uvicorn.run(create_app(rules, authenticate, window=window), host=host, port=port, access_log=False)
+    app = create_app(rules, authenticate, window=window, sns=sns)
+    uvicorn.run(app, host=host, port=port, access_log=False)

@@ -164,3 +164,26 @@ def assert_store_matches(url: str, sources: Sequence[Path], *, check_packed: boo
             xr.testing.assert_identical(
                 raw_actual[name].reset_coords(drop=True), raw_expected[name].reset_coords(drop=True)
             )
+
+
+def secret_forms(*values: str, basic_auth: tuple[str, str] | None = None) -> list[str]:
+    """Every form a planted secret could take in a URL, a header or a log: as it is, percent-encoded with
+    any usual safe set in either case of hex, with ``+`` for spaces, and the base64 of basic auth."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    forms: set[str] = set()
+    if basic_auth:
+        forms.add(base64.b64encode(":".join(basic_auth).encode()).decode())
+    for value in values:
+        for safe in ("", "/", "/+=", ":/?=&"):
+            forms |= {quote(value, safe=safe), quote(value, safe=safe).lower()}
+        forms |= {value, quote_plus(value)}
+    return sorted(forms)
+
+
+def assert_no_secret(text: str | bytes, forms: Sequence[str], where: str = "") -> None:
+    """None of ``forms`` (:func:`secret_forms`) is in ``text``."""
+    data = text if isinstance(text, bytes) else text.encode()
+    found = [form for form in forms if form.encode() in data]
+    assert not found, f"secret forms {found} found {where}"

@@ -23,12 +23,16 @@ from forge.testing import assert_store_matches, make_dataset, open_store, write_
 CHUNK = 3  # 10 days end inside a chunk, so the first append fills a partly written chunk
 
 
-def recipe_for(served, days: list[int], prefix: str = "all", chunk: int = CHUNK) -> XarrayZarrRecipe:
+def recipe_for(
+    served, days: list[int], prefix: str = "all", chunk: int = CHUNK, zarr_format: int = 3
+) -> XarrayZarrRecipe:
     def url(time: int) -> str:
         return f"{served.url}/{prefix}_{time:04d}.nc"
 
     pattern = FilePattern(url, ConcatDim("time", days, nitems_per_file=1))
-    return XarrayZarrRecipe(pattern, target_chunks={"time": chunk}, max_write_batches=2)
+    return XarrayZarrRecipe(
+        pattern, target_chunks={"time": chunk}, max_write_batches=2, zarr_format=zarr_format
+    )
 
 
 def data_vars_and_attrs(url: str) -> xr.Dataset:
@@ -44,20 +48,33 @@ def days20(served):
     return write_inputs(ds, Path(served.root), 1)
 
 
-def test_append_equals_one_shot_build_and_a_second_append_changes_nothing(served, run_spec, days20, tmp_path):
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_append_equals_one_shot_build_and_a_second_append_changes_nothing(
+    served, run_spec, days20, tmp_path, zarr_format
+):
     run = run_spec()
-    run_locally(recipe_for(served, list(range(10))), run)
+    run_locally(recipe_for(served, list(range(10)), zarr_format=zarr_format), run)
     before = served.requests.copy()
-    out = run_locally(recipe_for(served, list(range(20))), run, append=True)
+    out = run_locally(recipe_for(served, list(range(20)), zarr_format=zarr_format), run, append=True)
     assert out["appended"] == 10 and out["sizes"]["time"] == 20
     fetched = [p for p in served.requests if p not in before]
     assert sorted(fetched) == [f"/all_{t:04d}.nc" for t in range(10, 20)], "only the new inputs are fetched"
     assert_store_matches(out["url"], days20)
 
-    one_shot = run_locally(recipe_for(served, list(range(20))), run_spec(recipe_id="one-shot"))
+    one_shot = run_locally(
+        recipe_for(served, list(range(20)), zarr_format=zarr_format), run_spec(recipe_id="one-shot")
+    )
     xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
     assert open_store(out["url"]).tas.encoding["chunks"][0] == CHUNK
     assert open_group(out["url"]).attrs["forge:concat_inputs"] == 20
+    assert open_group(out["url"])["time"].chunks == (20,)  # the index is one chunk after the append too
+    store = Path(out["url"])
+    if zarr_format == 2:  # what zarr-python 2 and older xarray read: no Zarr v3 document anywhere
+        assert (store / ".zmetadata").exists() and (store / "time" / ".zarray").exists()
+        assert not list(store.rglob("zarr.json"))
+        assert json.loads((store / "time" / ".zattrs").read_text())["_ARRAY_DIMENSIONS"] == ["time"]
+    else:
+        assert not list(store.rglob(".zarray"))
 
     # Nothing new: no download, no write, same store.
     attrs = dict(open_group(out["url"]).attrs)
@@ -67,10 +84,10 @@ def test_append_equals_one_shot_build_and_a_second_append_changes_nothing(served
     assert dict(open_group(out["url"]).attrs) == attrs
 
 
-def _begin_append(served, run, days: int):
-    """An append of the store up to ``days`` days, prepared (marker written, arrays resized, coordinate
-    rewritten) and nothing stored yet: where a crash leaves it."""
-    recipe = recipe_for(served, list(range(days)))
+def _begin_append(served, run, days: int, zarr_format: int = 3):
+    """An append of the store up to ``days`` days, prepared (marker written, arrays resized) and nothing
+    stored yet: where a crash leaves it."""
+    recipe = recipe_for(served, list(range(days)), zarr_format=zarr_format)
     append_run, new = plan_append(recipe, run)
     summaries = [s for b in plan_cache(recipe, append_run) for s in cache_batch(recipe, append_run, b)]
     target, batches = prepare(recipe, append_run, summaries)
@@ -98,19 +115,24 @@ def test_a_crash_mid_append_is_finished_by_the_next_append(served, run_spec, day
     assert open_group(out["url"])["time"].chunks == (20,)  # the index stays one chunk
 
 
-def test_a_crash_between_resizes_and_mid_coordinate_is_finished_by_the_next_append(served, run_spec, days20):
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_a_crash_between_resizes_and_mid_coordinate_is_finished_by_the_next_append(
+    served, run_spec, days20, zarr_format
+):
     """Killed while resizing ('tas' still holds 10 items, 'pr' 20), or inside the commit's rewrite of the
     coordinate (its array is gone: the rewrite deletes it first): the rerun restores it from the marker."""
     run = run_spec()
-    run_locally(recipe_for(served, list(range(10))), run)
-    _begin_append(served, run, 20)
+    run_locally(recipe_for(served, list(range(10)), zarr_format=zarr_format), run)
+    _begin_append(served, run, 20, zarr_format)
     open_group(run.target_url)["tas"].resize((10, *open_group(run.target_url)["tas"].shape[1:]))
     shutil.rmtree(Path(run.target_url) / "time")  # as if killed inside the commit's rewrite
-    out = run_locally(recipe_for(served, list(range(20))), run, append=True)
+    out = run_locally(recipe_for(served, list(range(20)), zarr_format=zarr_format), run, append=True)
     assert out["sizes"]["time"] == 20 and not pending_marker(run.target_url)[0].exists(
         pending_marker(run.target_url)[1]
     )
-    one_shot = run_locally(recipe_for(served, list(range(20))), run_spec(recipe_id="one-shot"))
+    one_shot = run_locally(
+        recipe_for(served, list(range(20)), zarr_format=zarr_format), run_spec(recipe_id="one-shot")
+    )
     xr.testing.assert_identical(data_vars_and_attrs(out["url"]), data_vars_and_attrs(one_shot["url"]))
 
 

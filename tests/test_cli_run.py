@@ -1,4 +1,5 @@
-"""`forge run` as the README runs it: its own Prefect server and Dask cluster, the OISST replica as source."""
+"""`forge run` when things go wrong: recipes that do not load, runs that fail (tests/test_server.py runs it
+as the README does)."""
 
 from __future__ import annotations
 
@@ -10,31 +11,13 @@ import time
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
+import xarray as xr
 
-from forge.replicas.oisst import OisstReplica
-from forge.testing import assert_store_matches, make_dataset, write_inputs
+from forge.testing import make_dataset, write_inputs
 from tests.integration.helpers import SOURCE, write_recipe
 
 FORGE = Path(sys.executable).parent / "forge"
-
-
-def test_forge_run_builds_the_store_from_the_replica(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "FORGE_DASK_WORKERS": "1"}
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL")  # the session server's database is not this run's
-    env.pop("PREFECT_API_URL", None)
-    command = [str(FORGE), "run", "noaa-oisst", "--prune", "3", "--local-replica"]
-    command += ["--replica-dir", str(tmp_path / "replica"), "--target-root", str(tmp_path / "target")]
-    command += ["--cache-root", str(tmp_path / "cache")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Dask cluster ready" in done.stdout
-    # One Prefect server: the flow used the one the command started, not an ephemeral one of its own.
-    assert "Starting temporary server" not in done.stdout + done.stderr
-    replica = OisstReplica(tmp_path / "replica")
-    sources = [replica.path_for(day) for day in pd.date_range("1981-09-01", periods=3, freq="D")]
-    assert_store_matches(str(tmp_path / "target" / "noaa-oisst.zarr"), sources)
 
 
 RECIPE_HEAD = """from forge import ConcatDim, FilePattern, XarrayZarrRecipe
@@ -77,17 +60,58 @@ def test_a_recipe_that_does_not_load_fails_at_once_naming_file_and_line(tmp_path
     assert "Prefect API" not in done.stdout and elapsed < 15  # no server, no cluster: about a second
 
 
-def test_a_failed_run_ends_with_its_cause_and_a_non_zero_status(served, tmp_path, prefect_server):
-    write_inputs(make_dataset(2), Path(served.root), 1)
-    recipe_dir = write_recipe(tmp_path, 3, chunk=2)  # the server has two of the three files
+def _months_since_standard(path: Path) -> None:
+    xr.Dataset(
+        {"tas": ("time", [1.0])}, coords={"time": ("time", [3], {"units": "months since 2000-01-01"})}
+    ).to_netcdf(path)
+
+
+FAILED_RUNS = {  # how the second input is spoiled, the recipe's arguments, and the cause expected
+    "missing": (
+        lambda path: path.unlink(),
+        "",
+        "cache stage failed (cache-0001): {source}/all_0001.nc (from {url}/all_0001.nc): HTTP 404",
+    ),
+    "corrupt": (
+        lambda path: path.write_bytes(b"<html><body>Service moved</body></html>"),
+        "",
+        "cache stage failed (cache-0001): {source}/all_0001.nc (from {url}/all_0001.nc): not a netcdf4 file",
+    ),
+    "months-since": (
+        _months_since_standard,
+        "",
+        "{source}/all_0001.nc: variable 'time' has time units 'months since 2000-01-01' in the 'standard' "
+        "calendar, which cannot be decoded",
+    ),
+    "process-input-bug": (
+        lambda path: None,
+        "process_input=fix",
+        "process_input on {source}/all_0000.nc: the recipe's fix at recipe.py:8 raised KeyError",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FAILED_RUNS)
+def test_a_failed_run_ends_with_its_cause_and_a_non_zero_status(served, tmp_path, prefect_server, case):
+    spoil, recipe_kwargs, expected = FAILED_RUNS[case]
+    paths = write_inputs(make_dataset(2), Path(served.root), 1)
+    spoil(paths[1])
+    code = """
+        def fix(ds, url):
+            return ds.drop_vars(ds["lat_bnds"].name)
+    """
+    recipe_dir = write_recipe(tmp_path, 2, chunk=2, recipe_kwargs=recipe_kwargs, code=code)
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "FORGE_DASK_WORKERS": "1"}
     command = [str(FORGE), "run", str(recipe_dir), "--url-rewrite", f"{SOURCE}={served.url}"]
     command += ["--target-root", str(tmp_path / "target"), "--cache-root", str(tmp_path / "cache")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    cause = f"cache stage failed (cache-0002): {SOURCE}/all_0002.nc (from {served.url}/all_0002.nc): HTTP 404"
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(f"forge: error: {cause}"), done.stderr[-2000:]
+    cause = expected.format(source=SOURCE, url=served.url)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith("forge: error: ") and cause in last, done.stderr[-2000:]
     assert "Traceback" not in done.stdout + done.stderr  # an expected failure: its message says it all
     flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", done.stdout + done.stderr).group(1)
     state = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}").json()["state"]
-    assert state["type"] == "FAILED" and state["message"].startswith(cause)
+    assert state["type"] == "FAILED" and cause in state["message"]  # what the Prefect UI shows
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    runs = httpx.post(f"{prefect_server}/task_runs/filter", json=body).json()
+    assert all(r["run_count"] == 1 for r in runs if r["name"].startswith("cache-"))  # none retried

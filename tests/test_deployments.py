@@ -32,3 +32,22 @@ def test_summary_artifact_key_is_valid_for_any_recipe_id():
     for recipe_id in ("noaa-oisst", "oisst_with_codec", "My.Recipe v2"):
         MarkdownArtifact(key=artifact_key(recipe_id), markdown="x")
     assert artifact_key("oisst_with_codec") == "recipe-oisst-with-codec"
+
+
+def test_every_flow_parameter_has_a_type_and_a_description():
+    """What the Prefect UI shows on a deployment's run form."""
+    from flows.recipe import recipe
+
+    for name, schema in recipe.parameters.properties.items():
+        assert schema.get("description"), name
+        assert schema.get("type") or schema.get("anyOf"), name
+
+
+def test_a_deployment_describes_its_recipe_from_meta_yaml():
+    import yaml
+
+    doc = yaml.safe_load(PREFECT_FILE.read_text())
+    [oisst] = [d for d in doc["deployments"] if d["name"] == "noaa-oisst"]
+    assert oisst["description"].startswith(
+        "NOAA Optimum Interpolation SST v2.1 (AVHRR), daily. Daily 1/4-degree"
+    )

@@ -7,8 +7,11 @@ tests/integration/test_triggers_run.py; here the emit step is recorded instead.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
+import os
+import subprocess
 import time
 
 import pytest
@@ -152,6 +155,12 @@ def test_deletions_and_test_events_are_ignored_not_errors():
         (json.dumps({"message": {"attributes": {}}, "subscription": "s"}).encode(), "bucketId"),
         (json.dumps([{**VALIDATION[0], "data": {}}]).encode(), "validationCode"),
         (json.dumps([{**event_grid(KEY)[0], "subject": "/nope", "data": {}}]).encode(), "subject"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # 200 KB: a RecursionError in json
+        (b"[" * 50 + b"{}" + b"]" * 50, "nested too deeply"),  # within json's limit, beyond any envelope
+        (json.dumps({"Type": "Notification", "Message": "[" * 5000 + "]" * 5000}).encode(), "SNS Message"),
+        (b"\xff\xfe{}", "not JSON"),
+        (b"null", "expected a JSON object"),
+        (b'{"Records": [1]}', "not a JSON object"),
     ],
 )
 def test_malformed_notifications_say_what_is_wrong(body, words):
@@ -342,4 +351,205 @@ def test_pubsub_push_with_a_google_signed_token(google_like_issuer):
         assert emitted == []
         assert post(token()) == 202
         wait_for(emitted, 1)
+    assert emitted == ["noaa-oisst"]
+
+
+# --------------------------------------------------------------------------------------- hostile requests
+
+HOSTILE = [
+    b"[" * 100_000 + b"]" * 100_000,
+    b"[" * 50 + b"{}" + b"]" * 50,
+    b"",
+    b"\xff" * 1000,
+    b'{"Records": "x"}',
+    b'{"Records": [{"eventSource": "aws:sqs", "body": "' + b"[" * 3000 + b'"}]}',
+    json.dumps({"Type": "Notification", "Message": json.dumps({"Records": [1] * 10_000})}).encode(),
+    json.dumps([{"messageId": str(i), "body": "{}"} for i in range(2000)]).encode(),
+]
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["token", "no-token"])
+def test_any_body_that_is_not_a_notification_gets_a_4xx(receiver, token):
+    client, emitted = receiver
+    headers = {"X-Forge-Token": token} if token else {}
+    for body in HOSTILE:
+        status = client.post("/", content=body, headers=headers).status_code
+        assert status == (400 if token else 401), (status, body[:60])
+    assert emitted == []
+
+
+def test_the_receiver_reads_no_more_than_its_limit_of_a_huge_body(tmp_path):
+    """300 MB, chunked, at the real receiver under uvicorn: answered at once, its memory flat."""
+    import psutil
+
+    from tests.integration.helpers import BIN, free_port, wait_until_up
+
+    port = free_port()
+    env = {**os.environ, "FORGE_RECEIVER_TOKEN": TOKEN, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    log = tmp_path / "receiver.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(BIN / "forge"), "receiver", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", server, log, "forge receiver")
+        process = psutil.Process(server.pid)
+        rss = [process.memory_info().rss]
+        for headers, expected in ({}, 401), ({"X-Forge-Token": TOKEN}, 413):
+            status, sent = post_chunked(
+                port, headers, total=300 << 20, sample=lambda: rss.append(process.memory_info().rss)
+            )
+            assert status == expected
+        growth = max(rss) - rss[0]
+        assert growth < 10 << 20, f"the receiver grew by {growth >> 20} MB"
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def post_chunked(port: int, headers: dict, total: int, sample) -> tuple[int, int]:
+    """POST ``total`` bytes of one JSON string in 1 MB chunks until the server answers or hangs up;
+    (status, bytes sent)."""
+    import select
+    import socket
+
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    chunk = b"%x\r\n" % (1 << 20) + b"a" * (1 << 20) + b"\r\n"
+    sent, reply = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{head}\r\n".encode())
+        s.sendall(b'1\r\n"\r\n')
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < total and not select.select([s], [], [], 0)[0]:  # until it answers
+                s.sendall(chunk)
+                sent += 1 << 20
+                if sent % (16 << 20) == 0:
+                    sample()
+        while b"\r\n" not in reply:
+            reply += s.recv(4096)
+    sample()
+    return int(reply.split(b" ", 2)[1]), sent
+
+
+def test_unmatched_objects_are_logged_by_the_first_unmatched_one(receiver, caplog):
+    client, _ = receiver
+    caplog.set_level("INFO", logger="forge.receiver")
+    body = event_grid(KEY, "imerg/first-unmatched.nc", "imerg/second.nc")
+    assert client.post("/", json=body, headers={"X-Forge-Token": TOKEN}).json()["unmatched"] == 2
+    assert (
+        "2 new objects match no recipe's trigger (first: az://landing/imerg/first-unmatched.nc)"
+        in caplog.text
+    )
+
+
+# --------------------------------------------------------------------------------------- SNS over HTTPS
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:forge-landing"
+CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
+SUBSCRIBE_URL = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=t0k"
+
+
+@pytest.fixture(scope="module")
+def sns_signer():
+    """A signing key and certificate standing in for SNS's, and a signer of SNS messages."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from forge.events.sns import string_to_sign
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+    def sign(message: dict, version: str = "2") -> dict:
+        message = {"SignatureVersion": version, "SigningCertURL": CERT_URL, "TopicArn": TOPIC, **message}
+        digest = hashes.SHA256() if version == "2" else hashes.SHA1()
+        signature = key.sign(string_to_sign(message), padding.PKCS1v15(), digest)
+        return {**message, "Signature": base64.b64encode(signature).decode()}
+
+    return cert.public_bytes(serialization.Encoding.PEM), sign
+
+
+@pytest.fixture
+def sns_receiver(sns_signer):
+    """The receiver with an expected topic; what it fetches (certificate, confirmation) is recorded."""
+    from forge.events.sns import SnsCheck
+
+    pem, sign = sns_signer
+    fetched: list[str] = []
+    emitted: list = []
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return pem if url == CERT_URL else b"<ConfirmSubscriptionResponse/>"
+
+    async def emit(recipe_id, objs):
+        emitted.append(recipe_id)
+
+    sns = SnsCheck.from_topics([TOPIC], fetch)
+    app = create_app(
+        [TriggerRule("noaa-oisst", "noaa-oisst/")], Authenticator(TOKEN, None), emit, 0.1, sns=sns
+    )
+    with TestClient(app) as client:
+        yield client, sign, fetched, emitted
+
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"forge:{TOKEN}".encode()).decode()}
+
+
+def confirmation(**fields) -> dict:
+    base = {"Type": "SubscriptionConfirmation", "MessageId": "m1", "Token": "t0k", "Message": "confirm"}
+    return {**base, "SubscribeURL": SUBSCRIBE_URL, "Timestamp": "2026-12-01T00:00:00.000Z", **fields}
+
+
+def test_an_sns_subscription_is_confirmed_only_when_signed_by_sns_for_an_expected_topic(sns_receiver):
+    client, sign, fetched, _ = sns_receiver
+    r = client.post("/", json=sign(confirmation()), headers=BASIC)
+    assert r.status_code == 200 and r.json() == {"confirmed": TOPIC}
+    assert fetched == [CERT_URL, SUBSCRIBE_URL]
+
+    def refused(body: dict, headers=BASIC, status=403) -> None:
+        fetched.clear()
+        r = client.post("/", json=body, headers=headers)
+        assert r.status_code == status, r.text
+        assert SUBSCRIBE_URL not in fetched  # never confirmed
+
+    refused(sign(confirmation()), headers={}, status=401)  # no shared secret
+    refused({**sign(confirmation()), "Message": "tampered"})  # the signature does not match
+    refused(sign(confirmation(SubscribeURL="https://evil.example.com/?Action=ConfirmSubscription")))
+    refused(sign(confirmation(SubscribeURL=SUBSCRIBE_URL.replace("us-east-1", "eu-west-1"))))
+    refused(sign(confirmation(SigningCertURL="https://evil.example.com/cert.pem")))
+    assert "https://evil.example.com/cert.pem" not in fetched  # a certificate only from SNS
+    refused(sign(confirmation(TopicArn="arn:aws:sns:us-east-1:123456789012:someone-else")))
+
+
+def test_signed_sns_notifications_reach_their_recipe(sns_receiver):
+    client, sign, _, emitted = sns_receiver
+    message = {"Type": "Notification", "MessageId": "m2", "Timestamp": "2026-12-01T00:00:01.000Z"}
+    note = sign(
+        {
+            **message,
+            "Subject": "Amazon S3 Notification",
+            "Message": json.dumps({"Records": [s3_record(KEY)]}),
+        },
+        "1",
+    )
+    r = client.post("/", json=note, headers=BASIC)
+    assert r.status_code == 202 and r.json()["recipes"] == ["noaa-oisst"]
+    forged = {**note, "Message": json.dumps({"Records": [s3_record(KEY.replace("0901", "0902"))]})}
+    assert client.post("/", json=forged, headers=BASIC).status_code == 403
+    wait_for(emitted, 1)
     assert emitted == ["noaa-oisst"]

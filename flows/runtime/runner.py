@@ -7,10 +7,14 @@ crashed in the original project. Kubernetes bakeries get theirs from flows/baker
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dask
-import distributed  # noqa: F401  (registers the distributed.* config read below)
+import distributed.utils  # (also registers the distributed.* config read below)
+from distributed import Nanny
 from prefect_dask import DaskTaskRunner
+
+from flows.runtime.forkserver import PRELOAD, preload_forkserver
 
 # Dask's statistical profiler wakes every 10 ms to sample each worker's task thread, and has to take the
 # GIL from it to do so: the cache stage of 16,500 tiny inputs (pure Python per input) used 13% more worker
@@ -19,9 +23,6 @@ from prefect_dask import DaskTaskRunner
 # unresponsive" warning) and twice a second for the dashboard's CPU and memory plots: an idle local
 # cluster of two used 2.4 CPU-seconds per 30 s with those, 0.9 with these (the memory monitor that spills
 # and restarts workers keeps its 100 ms).
-# Imported by every worker as it starts (see the module).
-PRELOAD = "flows.runtime.worker_preload"
-
 CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "500ms",
@@ -51,17 +52,38 @@ def local_workers(workers: int | None = None) -> int:
     return workers or int(os.environ.get("FORGE_DASK_WORKERS", 0)) or os.cpu_count() or 1
 
 
+class CurrentEnvironmentNanny(Nanny):
+    """A nanny whose worker gets the environment of the process starting the cluster, as it is then.
+
+    Forked from the fork server, a worker would have the fork server's environment: this process's when
+    that started, perhaps runs ago (secrets are looked up in it). Variables removed since stay set.
+    """
+
+    def __init__(self, *args: Any, env: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, env={**os.environ, **(env or {})}, **kwargs)
+
+
 def local_cluster_kwargs(workers: int | None = None) -> dict:
-    """``LocalCluster`` arguments: one single-threaded worker process per core (or ``workers``), each
-    importing the tasks' modules as it starts rather than in its first task."""
+    """``LocalCluster`` arguments: one single-threaded worker process per core (or ``workers``), forked
+    from a server that imported the tasks' modules once (flows/runtime/forkserver.py), rather than each
+    importing them in its first task."""
     # The nannies hand this process's Dask config to the workers they spawn.
-    dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(), **CLUSTER_CONFIG})
+    dask.config.set(
+        {
+            "distributed.nanny.pre-spawn-environ": worker_environ(),
+            "distributed.worker.multiprocessing-method": "forkserver",
+            **CLUSTER_CONFIG,
+        }
+    )
+    distributed.utils.get_mp_context()  # Dask sets its own preload list once, on first use ...
+    preload_forkserver()  # ... which ours replaces (nothing starts here: the first worker starts it)
     return {
         "n_workers": local_workers(workers),
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": ":0",
         "preload": [PRELOAD],
+        "worker_class": CurrentEnvironmentNanny,
     }
 
 

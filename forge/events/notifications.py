@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
+from forge.events.sns import is_sns_message
+
 AZURE_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 AZURE_CREATED = "Microsoft.Storage.BlobCreated"
 GCS_CREATED = "OBJECT_FINALIZE"
@@ -50,6 +52,7 @@ class Notification:
     objects: tuple[ObjectCreated, ...] = ()
     validation_code: str | None = None  # Event Grid's handshake: echo it back
     ignored: int = 0  # events of other kinds (deletions, ...)
+    sns: dict | None = None  # a message SNS posted itself: to verify (and confirm, for a subscription)
 
 
 def parse_notification(body: bytes) -> Notification:
@@ -58,6 +61,10 @@ def parse_notification(body: bytes) -> Notification:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise NotificationError(f"body is not JSON: {e}") from None
+    except RecursionError:
+        raise NotificationError("body is not a notification: JSON nested too deeply") from None
+    if is_sns_message(doc) and doc["Type"] != "Notification":
+        return Notification(sns=doc)  # a subscription's (un)confirmation: no objects
     created: list[ObjectCreated] = []
     ignored = 0
     validation = None
@@ -68,7 +75,9 @@ def parse_notification(body: bytes) -> Notification:
             validation = item.code
         else:
             ignored += 1
-    return Notification(tuple(dict.fromkeys(created)), validation, ignored)
+    return Notification(
+        tuple(dict.fromkeys(created)), validation, ignored, doc if is_sns_message(doc) else None
+    )
 
 
 @dataclass(frozen=True)
@@ -80,22 +89,27 @@ class _Ignored:
     pass
 
 
-def _events(doc: Any) -> Iterator[ObjectCreated | _Validation | _Ignored]:
+MAX_DEPTH = 6  # envelopes in envelopes: S3 in SNS in SQS in a Pipes batch is four
+
+
+def _events(doc: Any, depth: int = 0) -> Iterator[ObjectCreated | _Validation | _Ignored]:
+    if depth > MAX_DEPTH:
+        raise NotificationError("not a storage notification: envelopes nested too deeply")
     if isinstance(doc, list):
         if not doc:
             raise NotificationError("empty list of events")
         for item in doc:
-            yield from _events(item)
+            yield from _events(item, depth + 1)
         return
     if not isinstance(doc, dict):
         raise NotificationError(f"expected a JSON object or list, got {type(doc).__name__}")
     if "Records" in doc:
         for record in _list(doc, "Records"):
-            yield from _record(record)
+            yield from _record(record, depth + 1)
     elif doc.get("Type") == "Notification" and "Message" in doc:  # SNS
-        yield from _events(_json_string(doc["Message"], "SNS Message"))
+        yield from _events(_json_string(doc["Message"], "SNS Message"), depth + 1)
     elif "body" in doc and ("messageId" in doc or "receiptHandle" in doc):  # an SQS message
-        yield from _events(_json_string(doc["body"], "SQS body"))
+        yield from _events(_json_string(doc["body"], "SQS body"), depth + 1)
     elif doc.get("source") == "aws.s3" and "detail-type" in doc:
         yield from _eventbridge(doc)
     elif isinstance(doc.get("message"), dict) and "subscription" in doc:
@@ -110,12 +124,12 @@ def _events(doc: Any) -> Iterator[ObjectCreated | _Validation | _Ignored]:
         raise NotificationError(f"not a storage notification (keys: {sorted(doc)[:8]})")
 
 
-def _record(record: Any) -> Iterator[ObjectCreated | _Validation | _Ignored]:
+def _record(record: Any, depth: int) -> Iterator[ObjectCreated | _Validation | _Ignored]:
     if not isinstance(record, dict):
         raise NotificationError("a record is not a JSON object")
     source = record.get("eventSource")
     if source == "aws:sqs":
-        yield from _events(_json_string(record.get("body"), "SQS body"))
+        yield from _events(_json_string(record.get("body"), "SQS body"), depth + 1)
     elif source == "aws:s3":
         if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
             yield _Ignored()
@@ -126,7 +140,7 @@ def _record(record: Any) -> Iterator[ObjectCreated | _Validation | _Ignored]:
             "s3", _str(_dict(s3, "bucket"), "name"), unquote_plus(_str(_dict(s3, "object"), "key"))
         )
     elif isinstance(record.get("Sns"), dict):
-        yield from _events(_json_string(record["Sns"].get("Message"), "SNS Message"))
+        yield from _events(_json_string(record["Sns"].get("Message"), "SNS Message"), depth + 1)
     else:
         raise NotificationError(f"unknown record source {source!r}")
 
@@ -191,8 +205,8 @@ def _json_string(value: Any, what: str) -> Any:
         raise NotificationError(f"{what} is not a string")
     try:
         return json.loads(value)
-    except json.JSONDecodeError:
-        raise NotificationError(f"{what} is not JSON") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise NotificationError(f"{what} is not JSON (or is nested too deeply)") from None
 
 
 def _list(doc: dict, field: str) -> list:

@@ -66,14 +66,19 @@ def list_recipes() -> list[RecipeSource]:
     ]
 
 
-@functools.lru_cache(maxsize=32)
 def load_recipe(ref: str) -> XarrayZarrRecipe:
-    """Import a recipe module and return its module-level ``recipe`` (cached per process).
+    """Import a recipe module and return its module-level ``recipe``: once per process for each version
+    of the file (kept workers serve many runs, and the file may change between them).
 
     Whatever goes wrong (a syntax error, a bad argument, a missing import) is a
     :class:`~forge.errors.RecipeError` naming the recipe file and the line.
     """
     source = find_recipe(ref)
+    return _load(source, source.path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _load(source: RecipeSource, mtime_ns: int) -> XarrayZarrRecipe:
     module_name = f"forge_recipe_{source.recipe_id.replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(module_name, source.path)
     module = importlib.util.module_from_spec(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def test_pattern_uses_the_real_ncei_layout():
     assert len(recipe.pattern) > 15_000  # daily since 1981
 
 
-def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path):
+def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path, prefect_server):
     replica = tmp_path / "replica"
     result = subprocess.run(
         [
@@ -44,6 +45,7 @@ def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path):
         text=True,
         timeout=300,
         cwd=Path(__file__).parents[2],
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     url = str(tmp_path / "target" / "noaa-oisst.zarr")
@@ -57,6 +59,15 @@ def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path):
     src = xr.open_dataset(sources[0])
     assert src.sst.encoding["dtype"] == "int16" and src.sst.encoding["zlib"]
     assert dict(src.sizes) == {"time": 1, "zlev": 1, "lat": 720, "lon": 1440}
+    # The store opens like pangeo-forge's: each dimension coordinate in one chunk, and time as the source
+    # encodes it (float32 days since 1978-01-01 12:00:00).
+    import zarr
+
+    group = zarr.open_group(url, mode="r")
+    for name in ("time", "zlev", "lat", "lon"):
+        assert group[name].chunks == group[name].shape, name
+    assert group["time"].dtype == "float32"
+    assert group["time"].attrs["units"] == src.time.encoding["units"] == "days since 1978-01-01 12:00:00"
 
 
 def test_cli_lists_recipes():

@@ -8,6 +8,7 @@ import requests
 from forge.io.access import SourceAccess
 from forge.io.fetch import PermanentSourceError, RetryPolicy, SourceSession, TransientSourceError, download
 from forge.replicas.server import SourceServer
+from forge.testing import assert_no_secret, secret_forms
 
 FAST = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05, timeout=5)
 
@@ -88,22 +89,11 @@ def test_a_host_session_takes_proxies_from_the_environment_once(tmp_path, monkey
 TOKEN, KEY, PASSWORD = "Zq9+Tok/en=SECRET", "key-SECRET-55", "pw-SECRET-77"
 
 
-def secret_forms() -> list[str]:
-    """Every form a planted secret could take in a URL, a header or a log."""
-    import base64
-    from urllib.parse import quote, quote_plus
-
-    forms = {base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
-    for value in (TOKEN, KEY, PASSWORD):
-        for safe in ("", "/", "/+=", ":/?=&"):
-            forms |= {quote(value, safe=safe), quote(value, safe=safe).lower()}
-        forms |= {value, quote_plus(value)}
-    return sorted(forms)
+FORMS = secret_forms(TOKEN, KEY, PASSWORD, basic_auth=("alice", PASSWORD))
 
 
-def assert_no_secret(text: str) -> None:
-    found = [form for form in secret_forms() if form in text]
-    assert not found, f"secret forms {found} in: {text[:2000]}"
+def assert_no_secret_in(text: str) -> None:
+    assert_no_secret(text, FORMS, f"in: {text[:2000]}")
 
 
 @pytest.fixture
@@ -159,12 +149,12 @@ def test_credentials_never_follow_a_redirect_to_another_origin(redirecting, tmp_
             h.lower() for h in headers
         }
         assert query == "sig=abc"
-        assert_no_secret(repr(headers) + query)
+        assert_no_secret_in(repr(headers) + query)
     # the origin got every credential
     _, _, query, headers = origin.seen[0]
     assert headers["X-Api-Key"] == KEY and "token=" in query
     assert "503 (redirected to" in caplog.text  # the retries said where they went...
-    assert_no_secret(caplog.text)  # ... without a secret
+    assert_no_secret_in(caplog.text)  # ... without a secret
 
 
 def test_a_trusted_redirect_host_receives_the_credentials(redirecting, tmp_path):
@@ -183,5 +173,4 @@ def test_a_trusted_redirect_host_receives_the_credentials(redirecting, tmp_path)
 def test_every_form_of_a_secret_is_scrubbed():
     from forge.io.secrets import scrub
 
-    text = " | ".join(secret_forms())
-    assert_no_secret(scrub(text, access_for().secrets))
+    assert_no_secret_in(scrub(" | ".join(FORMS), access_for().secrets))

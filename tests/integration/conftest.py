@@ -21,6 +21,7 @@ def server_env(tmp_path: Path):
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/server.db",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",  # schedules create their runs at once
         "FORGE_DASK_WORKERS": "2",
     }
     with open(tmp_path / "server.log", "w") as log:

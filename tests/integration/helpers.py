@@ -164,8 +164,7 @@ def process_worker(env: dict, log_path: Path) -> Iterator[subprocess.Popen]:
 def stage_names(api: str, flow_run_id: str) -> tuple[set[str], list[dict]]:
     tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
     names = {
-        t["name"].split("-")[0] if t["name"].startswith(("cache-", "store-")) else t["name"].rsplit("-", 1)[0]
-        for t in tasks
+        t["name"].split("-")[0] if t["name"].startswith(("cache-", "store-")) else t["name"] for t in tasks
     }
     return names, tasks
 

@@ -35,6 +35,9 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
     [schedule] = append_deployment["schedules"]
     assert schedule["schedule"]["cron"] == "0 6 * * *" and schedule["schedule"]["timezone"] == "UTC"
     assert schedule["active"] is True  # pausable in the UI
+    scheduled = wait_for_scheduled_runs(api, append_deployment["id"])  # the server's scheduler fires
+    assert {r["expected_start_time"][11:16] for r in scheduled} == {"06:00"}
+    assert all(r["parameters"]["append"] is True for r in scheduled)
     store = tmp_path / "data" / "target" / "noaa-oisst.zarr"
     replica_dir = tmp_path / "replica"
     one_shot_root = tmp_path / "one-shot"
@@ -90,6 +93,21 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
         assert not marker.exists()
         xr.testing.assert_identical(user_view(store), one_shot)
         assert_store_matches(str(store), sorted(replica_dir.rglob("*.nc"))[:30])
+
+
+def wait_for_scheduled_runs(api: str, deployment_id: str, timeout: float = 60) -> list[dict]:
+    """The deployment's scheduled flow runs, once the server's scheduler has made some."""
+    body = {
+        "deployments": {"id": {"any_": [deployment_id]}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+    }
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = httpx.post(f"{api}/flow_runs/filter", json=body).json()
+        if runs:
+            return runs
+        time.sleep(1)
+    raise AssertionError(f"no scheduled runs of {deployment_id} within {timeout}s: the schedule never fires")
 
 
 def user_view(url) -> xr.Dataset:
