@@ -1,0 +1,53 @@
+"""The recipe's stages as plain functions: what the Prefect tasks and the local runner call.
+
+cache (:func:`cache_batch`) -> prepare (:func:`prepare`) -> store (:func:`store_batch`) ->
+finalize (:func:`finalize_target`), with :func:`plan_append` before them in append mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from forge.build.append import commit_coordinate, plan_append, prepare_append
+from forge.build.caching import cache_batch, plan_cache, source_probe
+from forge.build.schema import InputSummary
+from forge.build.target import finalize_target, prepare_target
+from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.build.writers import store_batch
+from forge.recipe.loading import load_recipe
+from forge.recipe.recipes import XarrayZarrRecipe
+
+__all__ = [
+    "cache_batch",
+    "finalize",
+    "plan_append",
+    "plan_cache",
+    "prepare",
+    "recipe_for",
+    "source_probe",
+    "store_batch",
+]
+
+
+def recipe_for(run: RunSpec) -> XarrayZarrRecipe:
+    """The recipe a run works on: loaded by its reference (in any worker process), pruned as the run asks."""
+    return load_recipe(run.recipe).pruned(run.prune)
+
+
+def prepare(
+    recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
+) -> tuple[TargetSpec, list[WriteBatch]]:
+    """Write the target's template and plan the writes: a new store, or (``run.append_from`` set) the
+    extension of a finished one."""
+    if run.append_from is not None:
+        return prepare_append(recipe, run, summaries)
+    return prepare_target(recipe, run, summaries)
+
+
+def finalize(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any]) -> dict:
+    """Commit the store: an append's coordinate, then provenance, the complete flag and the consolidated
+    metadata (the commit point readers see)."""
+    if target.new_coordinate is not None and not target.complete:
+        commit_coordinate(target)
+    return finalize_target(recipe, target, provenance)
