@@ -9,7 +9,8 @@ subprocess so its peak memory (the largest RSS of the process or any of its chil
 (b) xarray + Dask: ``open_mfdataset(parallel=True)`` then ``to_zarr`` with the same chunks on a
     distributed LocalCluster of single-threaded processes;
 (c) forge: the ``recipe`` flow (Prefect server, Dask task runner): the store step alone and the whole
-    recipe, caching from the local replica over HTTP included;
+    recipe, caching from the local replica over HTTP included; ``forge_icechunk`` the same into an
+    Icechunk repository, then an append of one more day (its commit timed);
 (d) cache: the cache stage's core work alone (fetch and summarize every input, one process, no
     orchestration), for its CPU seconds: with the floor's, the least the whole recipe could take here.
 """
@@ -162,7 +163,13 @@ def xarray_dask(files: list[Path], out: Path, workers: int, codec: str) -> dict:
 
 
 def forge_flow(
-    files: list[Path], out: Path, workers: int, replica_dir: Path, codec: str, write_batches: int | None
+    files: list[Path],
+    out: Path,
+    workers: int,
+    replica_dir: Path,
+    codec: str,
+    write_batches: int | None,
+    target_format: str = "zarr",
 ) -> dict:
     os.environ["FORGE_DASK_WORKERS"] = str(workers)
     from flows.cli import local_replica, quiet_prefect_env
@@ -190,22 +197,30 @@ def forge_flow(
                 recipe_file.read_text()
                 + f"recipe = dataclasses.replace(recipe, max_write_batches={write_batches})\n"
             )
+        flow = recipe.with_options(task_runner=runner)
+        options = {
+            "recipe": str(recipe_file),
+            "target_root": str(out),
+            "cache_root": str(out / "cache"),
+            "url_rewrites": {SOURCE: url + "/"},
+            "target_format": target_format,
+        }
         t0 = time.perf_counter()
-        summary = recipe.with_options(task_runner=runner)(
-            recipe=str(recipe_file),
-            target_root=str(out),
-            cache_root=str(out / "cache"),
-            prune=len(files),
-            url_rewrites={SOURCE: url + "/"},
-        )
+        summary = flow(**options, prune=len(files))
         seconds = time.perf_counter() - t0
-    return {
-        "seconds": seconds,
-        "server_start": t_api,
-        "store_seconds": summary["timings"]["store"],
-        "cache_prepare_seconds": summary["timings"]["cache + prepare"],
-        "stored_mb": summary["stored_bytes"] / 1e6,
-    }
+        result = {
+            "seconds": seconds,
+            "server_start": t_api,
+            "store_seconds": summary["timings"]["store"],
+            "cache_prepare_seconds": summary["timings"]["cache + prepare"],
+            "stored_mb": summary["stored_bytes"] / 1e6,
+        }
+        if target_format == "icechunk":  # and a daily update: one more day, one commit
+            t0 = time.perf_counter()
+            appended = flow(**options, prune=len(files) + 1, append=True)
+            result["append_seconds"] = time.perf_counter() - t0
+            result["append_finalize_seconds"] = appended["timings"]["finalize"]
+    return result
 
 
 def child(
@@ -221,7 +236,8 @@ def child(
     elif method == "cache":
         result = cache_core(files, out, replica_dir)
     else:
-        result = forge_flow(files, out, workers, replica_dir, codec, write_batches)
+        target_format = "icechunk" if method == "forge_icechunk" else "zarr"
+        result = forge_flow(files, out, workers, replica_dir, codec, write_batches, target_format)
     peak = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -307,8 +323,8 @@ def main() -> None:
     rows = []
     for method, r in results.items():
         rows.append((method, r["seconds"], r["peak_rss_mb"], r["stored_mb"]))
-        if method == "forge":
-            rows.append(("forge store step", r["store_seconds"], None, None))
+        if method in ("forge", "forge_icechunk"):
+            rows.append((f"{method} store step", r["store_seconds"], None, None))
     print(f"{'method':24s} {'wall s':>8s} {'MB/s':>8s} {'x floor':>8s} {'peak MB':>8s} {'stored MB':>9s}")
     for name, seconds, peak, stored in rows:
         ratio = f"{seconds / floor_s:8.2f}" if floor_s else "       -"
@@ -320,6 +336,15 @@ def main() -> None:
         print(
             f"forge fixed start-up: Prefect server and Dask cluster {f['server_start']:.1f}s; "
             f"cache+prepare {f['cache_prepare_seconds']:.1f}s"
+        )
+    if {"forge", "forge_icechunk"} <= results.keys():
+        ratio = results["forge_icechunk"]["store_seconds"] / results["forge"]["store_seconds"]
+        print(f"Icechunk store step / Zarr store step: {ratio:.2f}x")
+    if "forge_icechunk" in results:
+        ic = results["forge_icechunk"]
+        print(
+            f"Icechunk append of one day: {ic['append_seconds']:.1f}s in all, its commit (finalize) "
+            f"{ic['append_finalize_seconds']:.2f}s"
         )
     if {"floor", "cache"} <= results.keys():
         print_cache_bound(results, args.workers)

@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             prune=args.prune,
             url_rewrites=rewrites or None,
             append=args.append,
+            target_format=args.target_format,
             return_state=True,
         )
     if not state.is_completed():
@@ -95,8 +96,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(summary["repr"])
     print(f"\nstore: {summary['url']}")
-    print(f'open it with: xr.open_zarr("{summary["url"]}")')
+    print(f"open it with: {open_snippet(summary['url'])}")
     return 0
+
+
+def open_snippet(url: str) -> str:
+    """How a reader opens the store: a Zarr store, or an Icechunk repository's main branch."""
+    if url.endswith(".icechunk"):
+        return (
+            f'xr.open_zarr(icechunk.Repository.open(icechunk.local_filesystem_storage("{url}"))'
+            '.readonly_session("main").store, consolidated=False)'
+            if "://" not in url
+            else f"xr.open_zarr(forge.publish.icechunk.published_session({url!r}).store, consolidated=False)"
+        )
+    return f'xr.open_zarr("{url}")'
 
 
 def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> bool:
@@ -106,7 +119,7 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
     from forge.recipe.loading import load_recipe
 
     target_root = args.target_root or DEFAULT_TARGET_ROOT
-    run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites)
+    run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites, args.target_format)
     recipe = load_recipe(run.recipe).pruned(run.prune)
     run, new = plan_append(recipe, run)
     if not new or args.dry_run:
@@ -130,6 +143,35 @@ def cmd_server(args: argparse.Namespace) -> int:
     else:
         stopped = stop_kept_server()
         print(f"stopped the Prefect server (pid {stopped.pid})" if stopped else "no Prefect server was kept")
+    return 0
+
+
+def _published_target(args: argparse.Namespace) -> str:
+    """The Icechunk repository of a recipe under ``--target-root``."""
+    from flows.recipe import DEFAULT_TARGET_ROOT
+    from forge.io.storage import join
+    from forge.recipe.loading import find_recipe
+
+    return join(args.target_root or DEFAULT_TARGET_ROOT, f"{find_recipe(args.recipe).recipe_id}.icechunk")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from forge.publish.icechunk import history
+
+    url = _published_target(args)
+    for commit in history(url):
+        meta = commit.metadata
+        run = f" run {meta['forge:run_id']}" if meta.get("forge:run_id") else ""
+        print(f"{commit.id}  {commit.written_at:%Y-%m-%d %H:%M:%S}  {commit.message}{run}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from forge.publish.icechunk import rollback
+
+    url = _published_target(args)
+    snapshot = rollback(url, args.to, {"forge:by": "forge rollback"})
+    print(f"main of {url} is now {snapshot}: the content of {args.to} (`forge history` shows it)")
     return 0
 
 
@@ -207,10 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dask-address", help="an existing Dask scheduler (default: a local cluster)")
     run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
     run.add_argument("--debug", action="store_true", help="show every traceback in full")
+    run.add_argument(
+        "--target-format", choices=["zarr", "icechunk"], help="the store's format (default: the recipe's)"
+    )
     run.set_defaults(func=cmd_run)
     srv = sub.add_parser("server", help="the Prefect server `forge run` keeps between runs")
     srv.add_argument("action", choices=["start", "status", "stop"])
     srv.set_defaults(func=cmd_server)
+    hist = sub.add_parser("history", help="an Icechunk target's published commits, newest first")
+    hist.add_argument("recipe")
+    hist.add_argument("--target-root", help="where the repository is (default ./data/target)")
+    hist.set_defaults(func=cmd_history)
+    back = sub.add_parser("rollback", help="move an Icechunk target's main back to a published commit")
+    back.add_argument("recipe")
+    back.add_argument("--to", required=True, metavar="SNAPSHOT", help="a commit id from `forge history`")
+    back.add_argument("--target-root", help="where the repository is (default ./data/target)")
+    back.set_defaults(func=cmd_rollback)
     ls = sub.add_parser("list", help="list the recipes in recipes/")
     ls.set_defaults(func=cmd_list)
     rep = sub.add_parser("replica", help="serve the NOAA OISST replica on loopback until interrupted")

@@ -22,7 +22,7 @@ from forge.build.append import describe_append
 from forge.build.stages import recipe_for
 from forge.build.types import RunSpec
 from forge.errors import ForgeError
-from forge.recipe.loading import find_recipe
+from forge.recipe.loading import find_recipe, load_recipe
 from forge.recipe.patterns import parse_rewrites
 from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
 from tasks.finalize import finalize_target
@@ -36,15 +36,23 @@ install_traceback_filter()
 
 
 def run_spec(
-    recipe: str, target_root: str, cache_root: str, prune: int | None, url_rewrites: dict[str, str] | None
+    recipe: str,
+    target_root: str,
+    cache_root: str,
+    prune: int | None,
+    url_rewrites: dict[str, str] | None,
+    target_format: str | None = None,
 ) -> RunSpec:
-    """The run's spec. FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites."""
+    """The run's spec. FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites.
+    The target's format is the recipe's unless ``target_format`` says otherwise; meta.yaml's
+    ``validation`` thresholds come along."""
     source = find_recipe(recipe)
     ref = recipe if not Path(recipe).exists() else str(source.path)
     rewrites = {
         **dict(parse_rewrites(os.environ.get("FORGE_URL_REWRITES", "").split())),
         **(url_rewrites or {}),
     }
+    validation = source.meta().get("validation") or {}
     return RunSpec(
         ref,
         source.recipe_id,
@@ -53,6 +61,8 @@ def run_spec(
         prune,
         tuple(rewrites.items()),
         workers=store_workers(current_bakery()),
+        target_format=target_format or load_recipe(ref).target_format,
+        max_missing_fraction=tuple(sorted((validation.get("max_missing_fraction") or {}).items())),
     )
 
 
@@ -84,20 +94,22 @@ def recipe(
     url_rewrites: dict[str, str] | None = None,
     append: bool = False,
     dry_run: bool = False,
+    target_format: str | None = None,
 ) -> dict | State:
     """Build a recipe's Zarr store, or append to it what is new at the source.
 
     Args:
         recipe: A recipe id from recipes/ (e.g. noaa-oisst), or a path to a recipe directory or .py file.
-        target_root: Where stores go, as {target_root}/{recipe_id}.zarr (a local path, s3://, gs://, abfs://).
+        target_root: Where stores go, {target_root}/{recipe_id}.zarr (a local path, s3://, gs://, abfs://).
         cache_root: Where inputs are cached before they are read.
         prune: Keep only the first N keys of the concat dimension (a test build).
         url_rewrites: Source URL prefix -> mirror prefix, e.g. a local replica of the source server.
         append: Add only the inputs beyond the store's end (idempotent; finishes an interrupted append).
         dry_run: With append: list what would be added and change nothing.
+        target_format: zarr or icechunk ({recipe_id}.icechunk, every run one commit); default: the recipe's.
     """
     try:
-        run = run_spec(recipe, target_root, cache_root, prune, url_rewrites)
+        run = run_spec(recipe, target_root, cache_root, prune, url_rewrites, target_format)
     except ForgeError as e:  # the recipe does not load: say why, and where
         return failed_run(StageFailed("load-recipe", None, e), str(recipe))
     try:
@@ -142,9 +154,12 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     t1 = time.perf_counter()
     stored = Progress(f"chunks stored for {run.recipe_id}", target.n_chunks)
     futures = store_chunks.map(write_batches, unmapped(target))
+    sessions = []  # what each batch wrote, on an Icechunk target: finalize merges them into one commit
     for future in as_completed(futures):
         if failure_of(future) is None:
-            stored.advance(future.result().chunks)
+            result = future.result()
+            stored.advance(result.chunks)
+            sessions.append(result.session)
     if failed := first_failure("store", futures, [b.value.label for b in write_batches]):
         raise failed
     if not futures:
@@ -153,7 +168,7 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
 
     t2 = time.perf_counter()
     try:
-        summary = finalize_target(target)
+        summary = finalize_target(target, sessions if target.transaction else None)
     except Exception as e:
         raise StageFailed("finalize-target", None, e) from e
     timings["finalize"] = time.perf_counter() - t2

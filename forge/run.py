@@ -28,6 +28,5 @@ def run_locally(
         recipe = recipe.pruned(run.prune)  # the append may stop at the source's frontier
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
     target, batches = prepare(recipe, run, summaries)
-    for batch in batches:
-        store_batch(recipe, target, batch)
-    return {**finalize(recipe, target, {"forge:runner": "local"}), "appended": target.appended}
+    sessions = [store_batch(recipe, target, batch).session for batch in batches]
+    return {**finalize(recipe, target, {"forge:runner": "local"}, sessions), "appended": target.appended}

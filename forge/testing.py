@@ -136,9 +136,16 @@ def open_sources(paths: Sequence[Path], *, raw: bool = False) -> xr.Dataset:
 
 
 def open_store(url: str, *, raw: bool = False) -> xr.Dataset:
+    """The store as readers see it: a Zarr store, or an Icechunk target's ``main`` (``*.icechunk``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ds = xr.open_zarr(zarr_store(url, read_only=True), mask_and_scale=not raw).load()
+        if url.rstrip("/").endswith(".icechunk"):
+            from forge.publish.icechunk import published_session
+
+            store, consolidated = published_session(url).store, False
+        else:
+            store, consolidated = zarr_store(url, read_only=True), None
+        ds = xr.open_zarr(store, mask_and_scale=not raw, consolidated=consolidated).load()
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("forge:")}
     return ds
 

@@ -23,23 +23,27 @@ import xarray as xr
 import zarr
 
 from forge.build.caching import source_probe
-from forge.errors import ForgeError
-from forge.recipe.recipes import XarrayZarrRecipe
 from forge.build.schema import InputSummary, Template, VariableSpec
-from forge.build.times import decode_times, exact_encoding, is_time_units
 from forge.build.target import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
     INPUTS_ATTR,
+    checks_for,
     combine_inputs,
     digest_inputs,
+    n_write_batches,
     open_group,
     pending_marker,
     plan_write_batches,
+    published_group,
     write_coordinate,
 )
+from forge.build.times import decode_times, exact_encoding, is_time_units
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.errors import ForgeError
 from forge.io.storage import Storage
+from forge.publish import icechunk as icechunk_target
+from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +75,17 @@ def dims_of(arr: zarr.Array) -> tuple[str, ...]:
     return tuple(names) if names else tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
 
 
-def read_state(url: str, concat_dim: str) -> StoreState:
-    """How far the store at ``url`` goes along ``concat_dim``."""
-    try:
-        group = open_group(url, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise AppendError(f"{url} does not exist: build it first (run without --append)") from None
+def read_state(
+    url: str, concat_dim: str, target_format: str = "zarr", group: zarr.Group | None = None
+) -> StoreState:
+    """How far the store at ``url`` goes along ``concat_dim`` (``group``: read there, not from what is
+    published). Only Zarr stores have pending appends: an Icechunk target's never published."""
+    group = group if group is not None else published_group(url, target_format)
+    if group is None:
+        raise AppendError(f"{url} does not exist: build it first (run without --append)")
     attrs = dict(group.attrs)
     storage, key = pending_marker(url)
-    marker = storage.read_text(key)
+    marker = storage.read_text(key) if target_format == "zarr" else None
     if marker:
         pending = json.loads(marker)
         return StoreState(
@@ -260,12 +266,17 @@ def prepare_append(
     dim = recipe.concat_dim
     if dim is None:
         raise AppendError("append needs a recipe with a concat dimension")
-    state = read_state(run.target_url, dim)
     ordered = sorted(summaries, key=lambda s: s.key)
     first_url = ordered[0].url
     template = combine_inputs(recipe, ordered)
-    group = open_group(run.target_url)
-    storage, key = pending_marker(run.target_url)
+    transaction = None
+    if run.transactional:  # everything on the run's branch, from main as it is now
+        transaction, session = icechunk_target.begin(run.target_url)
+        group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
+        state = read_state(run.target_url, dim, run.target_format, group)
+    else:
+        state = read_state(run.target_url, dim)
+        group = open_group(run.target_url)
     if state.pending:  # a crash may have resized some arrays and not others: back to the recorded start
         if state.coordinate:
             _restore_array(Storage(run.target_url), dim, state.coordinate)
@@ -285,15 +296,17 @@ def prepare_append(
     n_new = int(sum(template.lengths))
     total = state.length + n_new
     concat_inputs = state.concat_inputs + len(template.lengths)
-    # The intent first: a crash from here on is finished by the next append, from the same start.
-    marker = {
-        "from_inputs": state.concat_inputs,
-        "from_length": state.length,
-        "coordinate": state.coordinate or _record_array(Storage(run.target_url), dim, stored),
-    }
-    storage.write_text(key, json.dumps(marker))
-    # The coordinate keeps its length until the commit (finalize_target rewrites it in one chunk):
-    # readers of the consolidated metadata see the old extent, data and all, until then.
+    if transaction is None:
+        # The intent first: a crash from here on is finished by the next append, from the same start.
+        marker = {
+            "from_inputs": state.concat_inputs,
+            "from_length": state.length,
+            "coordinate": state.coordinate or _record_array(Storage(run.target_url), dim, stored),
+        }
+        storage, key = pending_marker(run.target_url)
+        storage.write_text(key, json.dumps(marker))
+    # On a Zarr store the coordinate keeps its length until the commit (finalize rewrites it in one
+    # chunk): readers of the consolidated metadata see the old extent, data and all, until then.
     chunk = None
     for name, arr in group.arrays():
         dims = dims_of(arr)
@@ -301,8 +314,13 @@ def prepare_append(
             axis = dims.index(dim)
             arr.resize(tuple(total if i == axis else n for i, n in enumerate(arr.shape)))
             chunk = chunk or arr.chunks[axis]
+    sessions = []
+    if transaction is not None:  # nobody reads the run's branch: the coordinate is written now
+        write_coordinate(group, dim, np.concatenate([stored, encoded]))
+        session.commit(f"{run.recipe_id}: template", metadata={"forge:stage": "prepare"})
+        sessions = icechunk_target.fork(transaction, n_write_batches(recipe, run.workers))
     batches = plan_write_batches(
-        recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers
+        recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers, sessions=sessions
     )
     logger.info(
         "appending %d items (%d inputs) to %s from %s=%s",
@@ -326,7 +344,9 @@ def prepare_append(
         n_chunks=sum(len(b.chunks) for b in batches),
         concat_inputs=concat_inputs,
         appended=n_new,
-        new_coordinate=encoded,
+        new_coordinate=encoded if transaction is None else None,
+        checks=checks_for(recipe, run, template),
+        transaction=transaction,
     )
     return spec, batches
 
@@ -340,7 +360,9 @@ def commit_coordinate(target: TargetSpec) -> None:
         raise AppendError(f"{target.url}: the append's marker is gone; run the append again")
     _restore_array(Storage(target.url), target.concat_dim, record)
     stored = np.asarray(record["values"], dtype=target.new_coordinate.dtype)
-    write_coordinate(open_group(target.url), target.concat_dim, np.concatenate([stored, target.new_coordinate]))
+    write_coordinate(
+        open_group(target.url), target.concat_dim, np.concatenate([stored, target.new_coordinate])
+    )
 
 
 def _record_array(storage: Storage, name: str, values: np.ndarray) -> dict[str, Any]:
@@ -365,7 +387,7 @@ def plan_append(
     """
     if recipe.concat_dim is None:
         raise AppendError("append needs a recipe with a concat dimension")
-    state = read_state(run.target_url, recipe.concat_dim)
+    state = read_state(run.target_url, recipe.concat_dim, run.target_format)
     if state.pending:
         logger.warning("%s has an interrupted append: finishing it first", run.target_url)
     positions = new_inputs(recipe, state)

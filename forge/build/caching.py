@@ -11,18 +11,16 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import xarray as xr
-
+from forge.build.plan import n_cache_batches, split_evenly
+from forge.build.schema import InputSummary, share_equal_parts, summarize
+from forge.build.types import CacheBatch, CacheItem, RunSpec
 from forge.io.access import SourceAccess
 from forge.io.fetch import SourceSession, download, make_temp_path, source_exists
 from forge.io.openers import check_magic, get_opener, open_input, open_raw
-from forge.recipe.patterns import rewrite_url
-from forge.build.plan import n_cache_batches, split_evenly
-from forge.recipe.recipes import XarrayZarrRecipe
-from forge.build.schema import InputSummary, share_equal_parts, summarize
 from forge.io.secrets import Lookup, env_lookup, redact_url
 from forge.io.storage import Storage
-from forge.build.types import CacheBatch, CacheItem, RunSpec
+from forge.recipe.patterns import rewrite_url
+from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from forge.build.times import unify_time_encoding
 from forge.io.openers import InputError
 from forge.recipe.patterns import Key
-from forge.build.times import unify_time_encoding
 
 CF_ENCODING_KEYS = ("dtype", "scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 

@@ -45,9 +45,12 @@ def prepare(
     return prepare_target(recipe, run, summaries)
 
 
-def finalize(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any]) -> dict:
-    """Commit the store: an append's coordinate, then provenance, the complete flag and the consolidated
-    metadata (the commit point readers see)."""
+def finalize(
+    recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any], sessions: Sequence[Any] = ()
+) -> dict:
+    """Publish the store: on a Zarr store an append's coordinate, then provenance, the complete flag and
+    the consolidated metadata (the commit point readers see); on an Icechunk target, one commit of the
+    store batches' ``sessions`` (:func:`forge.build.target.finalize_target`)."""
     if target.new_coordinate is not None and not target.complete:
         commit_coordinate(target)
-    return finalize_target(recipe, target, provenance)
+    return finalize_target(recipe, target, provenance, sessions)

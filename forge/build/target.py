@@ -21,11 +21,13 @@ import zarr
 from forge import __version__
 from forge.build.caching import opened
 from forge.build.plan import batch_chunks, chunk_writes, default_chunk
-from forge.recipe.recipes import XarrayZarrRecipe
 from forge.build.schema import InputSummary, Template, VariableSpec, combine
 from forge.build.times import exact_encoding, is_time_units
-from forge.io.storage import Storage, zarr_store
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.io.storage import Storage, zarr_store
+from forge.publish import icechunk as icechunk_target
+from forge.publish.validate import Checks, check_coordinate, check_no_retraction
+from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,45 @@ def open_group(url: str, mode: str = "r+") -> zarr.Group:
     return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, use_consolidated=False)
 
 
-def _existing_attrs(url: str) -> Mapping[str, Any]:
+def published_store(url: str, target_format: str) -> zarr.abc.store.Store | None:
+    """What readers see of the target, read-only (None: nothing is published there yet)."""
+    if target_format == "icechunk":
+        return icechunk_target.published_session(url).store if icechunk_target.exists(url) else None
+    return zarr_store(url, read_only=True)
+
+
+def published_group(url: str, target_format: str) -> zarr.Group | None:
+    store = published_store(url, target_format)
+    if store is None:
+        return None
     try:
-        return dict(open_group(url, mode="r").attrs)
+        return zarr.open_group(store, mode="r", use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
-        return {}
+        return None
+
+
+def checks_for(recipe: XarrayZarrRecipe, run: RunSpec, template: Template) -> Checks:
+    """The checks the store stage applies: each variable's CF valid range, and the run's thresholds
+    (meta.yaml's ``validation: {max_missing_fraction: {variable: fraction}}``)."""
+    max_missing = dict(run.max_missing_fraction)
+    variables = [
+        (v.name, {**v.encoding, **v.attrs}, v.encoding.get("_FillValue")) for v in template.concat_variables
+    ]
+    return Checks.build(variables, max_missing)
+
+
+def check_template(
+    run: RunSpec, template: Template, published: Mapping[str, Any], published_length: int
+) -> None:
+    """What can be checked before anything is written: the concat coordinate increases and has no gap,
+    and a full (not pruned) build does not publish fewer steps than are published."""
+    dim = template.concat_dim
+    if dim is None:
+        return
+    if template.concat_values is not None:
+        check_coordinate(np.asarray(template.concat_values), dim, run.target_url)
+    if published.get(COMPLETE_ATTR) is True and run.prune is None:
+        check_no_retraction(published_length, template.sizes[dim], dim, run.target_url)
 
 
 def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
@@ -190,11 +226,13 @@ def plan_write_batches(
     chunk: int,
     offset: int = 0,
     workers: int | None = None,
+    sessions: Sequence[Any] = (),
 ) -> list[WriteBatch]:
     """Batches of chunk writes; ``offset`` items are already stored (an append).
 
     At most ``recipe.max_write_batches``, and ``WRITE_BATCHES_PER_WORKER`` per worker when the number of
     workers is known: every batch is a task run, whose orchestration costs what writing a chunk costs.
+    ``sessions``: one Icechunk fork per batch, at least as many as there are batches.
     """
     dim = template.concat_dim
     location = {
@@ -205,41 +243,64 @@ def plan_write_batches(
     writes = chunk_writes(template.lengths, chunk, offset=offset, first_position=first)
     sources = {v.source for v in template.concat_variables}
     batches = []
-    n_batches = recipe.max_write_batches
-    if workers:
-        n_batches = min(n_batches, WRITE_BATCHES_PER_WORKER * workers)
+    n_batches = n_write_batches(recipe, workers)
+    labels = [_value_text(v) for v in template.concat_values] if template.concat_values is not None else []
     for i, chunks in enumerate(batch_chunks(writes, n_batches)):
         positions = {p.position for c in chunks for p in c.pieces}
         inputs = {(p, m): location[(p, m)] for p in positions for m in sources}
-        batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs))
+        start, stop = chunks[0].start, chunks[-1].stop
+        batch_labels = tuple(labels[start - offset : stop - offset]) or tuple(map(str, range(start, stop)))
+        session = sessions[i] if sessions else None
+        batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs, batch_labels, start, session))
     return batches
+
+
+def n_write_batches(recipe: XarrayZarrRecipe, workers: int | None) -> int:
+    """The most batches :func:`plan_write_batches` makes (forks are made before the plan)."""
+    return (
+        min(recipe.max_write_batches, WRITE_BATCHES_PER_WORKER * workers)
+        if workers
+        else recipe.max_write_batches
+    )
 
 
 def prepare_target(
     recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
 ) -> tuple[TargetSpec, list[WriteBatch]]:
-    """Combine all inputs' schemas, write the template (unless an identical store is done), plan writes."""
+    """Combine all inputs' schemas, check them, write the template (unless an identical store is done),
+    plan writes. On an Icechunk target the template is committed on the run's own branch, and each write
+    batch gets a fork of a session there; ``main`` is untouched until finalize."""
     template = combine_inputs(recipe, summaries)
     fp = fingerprint(recipe, template, summaries)
     url = run.target_url
-    existing = _existing_attrs(url)
+    published = published_group(url, run.target_format)
+    existing = dict(published.attrs) if published is not None else {}
     complete = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
-    batches = (
-        []
-        if complete or not template.concat_dim
-        else plan_write_batches(recipe, template, summaries, chunk, workers=run.workers)
-    )
+    transaction, sessions = None, []
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
     else:
+        length = published[template.concat_dim].shape[0] if template.concat_dim in (published or {}) else 0
+        check_template(run, template, existing, length)
         ds = _template_dataset(recipe, run, template, summaries, chunk)
+        if run.transactional:
+            transaction, session = icechunk_target.begin(url)
+            store = session.store
+        else:
+            store = zarr_store(url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            ds.to_zarr(
-                zarr_store(url), mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False
-            )
+            ds.to_zarr(store, mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False)
+        if transaction is not None:
+            session.commit(f"{run.recipe_id}: template", metadata={"forge:stage": "prepare"})
+            sessions = icechunk_target.fork(transaction, n_write_batches(recipe, run.workers))
         logger.info("prepared %s: %s", url, dict(template.sizes))
+    batches = (
+        []
+        if complete or not template.concat_dim
+        else plan_write_batches(recipe, template, summaries, chunk, workers=run.workers, sessions=sessions)
+    )
     spec = TargetSpec(
         run,
         url,
@@ -250,42 +311,74 @@ def prepare_target(
         len(summaries),
         sum(len(b.chunks) for b in batches),
         concat_inputs=len(template.lengths) if template.concat_dim else 1,
+        checks=checks_for(recipe, run, template),
+        transaction=transaction,
     )
     return spec, batches
 
 
-def finalize_target(recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any]) -> dict:
-    """Write provenance attrs, mark the store complete and consolidate metadata."""
-    if not target.complete:
-        group = open_group(target.url)
-        attrs = dict(group.attrs)
-        attrs.update(
-            {
-                **{k: v for k, v in provenance.items() if v is not None},
-                "forge:recipe_id": target.run.recipe_id,
-                "forge:version": __version__,
-                "forge:pattern_sha256": recipe.pattern.sha256(),
-                INPUTS_ATTR: target.concat_inputs,
-                FINGERPRINT_ATTR: target.fingerprint,
-                COMPLETE_ATTR: True,  # last: an append's commit point
-            }
+def commit_attrs(
+    recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The root attributes a finished store carries: provenance, the count of inputs, the complete flag."""
+    return {
+        **{k: v for k, v in provenance.items() if v is not None},
+        "forge:recipe_id": target.run.recipe_id,
+        "forge:version": __version__,
+        "forge:pattern_sha256": recipe.pattern.sha256(),
+        INPUTS_ATTR: target.concat_inputs,
+        FINGERPRINT_ATTR: target.fingerprint,
+        COMPLETE_ATTR: True,  # last: an append's commit point
+    }
+
+
+def finalize_target(
+    recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any], sessions: Sequence[Any] = ()
+) -> dict:
+    """Publish: on a Zarr store, provenance attrs, the complete flag and consolidated metadata (the commit
+    point readers of consolidated metadata see); on an Icechunk target, the store batches' sessions
+    merged, those attrs, and one commit that ``main`` moves to only if no other run published first."""
+    if target.complete:
+        return describe(target.url, target.concat_dim, target.format)
+    if target.transaction is not None:
+        session = icechunk_target.merged(target.transaction, sessions)
+        group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
+        group.attrs.update(commit_attrs(recipe, target, provenance))
+        kind = "append" if target.run.append_from is not None else "build"
+        span = f"{target.appended} items appended" if kind == "append" else f"{target.n_inputs} inputs"
+        metadata = {
+            icechunk_target.KIND: kind,
+            "forge:recipe_id": target.run.recipe_id,
+            "forge:run_id": provenance.get("forge:flow_run_id") or provenance.get("forge:runner"),
+            "forge:version": __version__,
+            "forge:inputs": target.n_inputs,
+            "forge:concat_inputs": target.concat_inputs,
+        }
+        if target.run.append_from is not None:
+            metadata["forge:appended_from"] = target.run.append_from
+        icechunk_target.commit_and_publish(
+            target.transaction, session, f"{target.run.recipe_id}: {kind}, {span}", metadata
         )
-        group.attrs.put(attrs)
-        if recipe.consolidated:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
-        storage, key = pending_marker(target.url)
-        storage.delete(key)  # an append is committed
-    return describe(target.url, target.concat_dim)
+        return describe(target.url, target.concat_dim, target.format)
+    group = open_group(target.url)
+    group.attrs.put({**dict(group.attrs), **commit_attrs(recipe, target, provenance)})
+    if recipe.consolidated:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
+    storage, key = pending_marker(target.url)
+    storage.delete(key)  # an append is committed
+    return describe(target.url, target.concat_dim, target.format)
 
 
-def describe(url: str, concat_dim: str | None = None) -> dict:
-    """A summary of the finished store, for the CLI and Prefect artifacts: with ``concat_dim``, the first
+def describe(url: str, concat_dim: str | None = None, target_format: str = "zarr") -> dict:
+    """A summary of the published store, for the CLI and Prefect artifacts: with ``concat_dim``, the first
     and last of its values and how many inputs the store holds along it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ds = xr.open_zarr(zarr_store(url, read_only=True))
+        ds = xr.open_zarr(
+            published_store(url, target_format), consolidated=target_format != "icechunk" and None
+        )
     stored = Storage(url).total_size()
     summary = {
         "url": url,

@@ -55,7 +55,9 @@ def decode_times(num: np.ndarray, units: str, calendar: str) -> np.ndarray:
     return np.asarray(decode_cf_datetime(num, units, calendar))
 
 
-def exact_encoding(values: np.ndarray, units: str, calendar: str, dtype: np.dtype | None) -> np.ndarray | None:
+def exact_encoding(
+    values: np.ndarray, units: str, calendar: str, dtype: np.dtype | None
+) -> np.ndarray | None:
     """The numbers that store ``values`` in ``units`` as ``dtype``, if they decode back to exactly
     ``values``; None otherwise."""
     try:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from forge.recipe.patterns import Key
 from forge.build.plan import ChunkWrite
 from forge.build.schema import VariableSpec
 from forge.io.storage import join
+from forge.publish.icechunk import Transaction
+from forge.publish.validate import Checks
+from forge.recipe.patterns import Key
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,17 @@ class RunSpec:
     append_from: int | None = None
     # Store tasks that can run at once (None: unknown): the write plan makes a few batches per worker.
     workers: int | None = None
+    target_format: str = "zarr"  # or "icechunk": every run one commit (forge.publish.icechunk)
+    # meta.yaml's validation.max_missing_fraction: variable -> the largest fraction missing in one step
+    max_missing_fraction: tuple[tuple[str, float], ...] = ()
 
     @property
     def target_url(self) -> str:
-        return join(self.target_root, f"{self.recipe_id}.zarr")
+        return join(self.target_root, f"{self.recipe_id}.{self.target_format}")
+
+    @property
+    def transactional(self) -> bool:
+        return self.target_format == "icechunk"
 
 
 def cache_key(url: str) -> str:
@@ -70,6 +80,14 @@ class WriteBatch:
     chunks: tuple[ChunkWrite, ...]
     # (concat position, merge positions) -> (location, url) of each input this batch reads
     inputs: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[str, str]] = field(default_factory=dict)
+    # The concat coordinate's values at the batch's positions, from ``label_start`` on, for messages.
+    labels: tuple[str, ...] = ()
+    label_start: int = 0
+    # Icechunk targets: the session this batch writes through (a picklable fork of the run's session).
+    session: Any = None
+
+    def labels_of(self, chunk: ChunkWrite) -> tuple[str, ...]:
+        return self.labels[chunk.start - self.label_start : chunk.stop - self.label_start]
 
     def __str__(self) -> str:
         first, last = self.chunks[0], self.chunks[-1]
@@ -93,3 +111,9 @@ class TargetSpec:
     # Append mode: the concat coordinate's new values (encoded), written at the commit, which rewrites
     # the coordinate in one chunk.
     new_coordinate: np.ndarray | None = None
+    checks: Checks = field(default_factory=Checks)  # what the store stage checks before anything publishes
+    transaction: Transaction | None = None  # Icechunk targets: the run's unpublished work
+
+    @property
+    def format(self) -> str:
+        return self.run.target_format

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -21,13 +22,13 @@ import zarr
 from xarray.conventions import encode_cf_variable
 
 from forge.build.caching import opened
-from forge.io.openers import RawInput
 from forge.build.plan import ChunkWrite
-from forge.recipe.recipes import XarrayZarrRecipe
 from forge.build.schema import VariableSpec
-from forge.io.storage import Storage
 from forge.build.target import open_group
 from forge.build.types import TargetSpec, WriteBatch
+from forge.io.openers import RawInput
+from forge.io.storage import Storage
+from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
 SLAB_BYTES = 8 * 2**20  # largest single read: bounds the decode temporaries whatever an input's size
@@ -42,6 +43,7 @@ class BatchStats:
     chunks: int = 0
     bytes_written: int = 0  # encoded (packed) bytes handed to Zarr
     seconds: float = 0.0
+    session: Any = None  # Icechunk targets: the batch's fork, what it wrote, for finalize to merge
 
 
 class _Inputs:
@@ -148,22 +150,32 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     writing the previous block; memory holds at most two blocks.
     """
     t0 = time.perf_counter()
-    stats = BatchStats()
-    group = open_group(target.url)
+    stats = BatchStats(session=batch.session)
+    group = (
+        zarr.open_group(batch.session.store, mode="r+", use_consolidated=False)
+        if batch.session is not None
+        else open_group(target.url)
+    )
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None
     inputs = _Inputs(recipe, target, batch)
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer:
         stack.callback(inputs.close_before)
         for i, chunk in enumerate(batch.chunks):
+            labels = batch.labels_of(chunk)
             for spec in target.variables:
                 arr = arrays[spec.name]
+                axis = spec.dims.index(target.concat_dim)
+                missing = np.zeros(chunk.stop - chunk.start, dtype=np.int64)  # per step, over its blocks
                 try:
                     for region, buf in chunk_blocks(inputs, spec, arr, chunk, target.concat_dim):
+                        missing += target.checks.scan(spec.name, buf, axis, labels, target.url)
                         if pending is not None:
                             pending.result()
                         pending = writer.submit(arr.__setitem__, region, buf)
                         stats.bytes_written += buf.nbytes
+                    cells = int(np.prod([n for i, n in enumerate(spec.shape) if i != axis], dtype=np.int64))
+                    target.checks.check_missing(spec.name, missing, cells, labels, target.url)
                 except ChunkWriteError as e:
                     raise ChunkWriteError(
                         f"{batch.label}: variable {spec.name!r}, chunk {chunk.index}: {e}"

@@ -13,6 +13,7 @@ from forge.errors import RecipeCodeError, RecipeError, call_recipe_code
 from forge.io.openers import get_opener
 from forge.recipe.patterns import FilePattern
 
+TARGET_FORMATS = ("zarr", "icechunk")
 ProcessInput = Callable[[xr.Dataset, str], xr.Dataset] | Callable[[xr.Dataset], xr.Dataset]
 
 
@@ -55,6 +56,11 @@ class XarrayZarrRecipe:
         Passed to ``xr.open_dataset`` for every input.
     zarr_format
         3 (default) or 2.
+    target_format
+        ``"zarr"`` (default): a Zarr store, ``{target_root}/{recipe_id}.zarr``, its consolidated metadata
+        the commit readers see. ``"icechunk"``: an Icechunk repository, ``{recipe_id}.icechunk``, every
+        build or append one commit to ``main``, made only after the data is checked
+        (:mod:`forge.publish.icechunk`).
     consolidated
         Write consolidated metadata when the store is finalized.
     attrs
@@ -77,6 +83,7 @@ class XarrayZarrRecipe:
     process_input: ProcessInput | None = None
     xarray_open_kwargs: Mapping[str, Any] = field(default_factory=dict)
     zarr_format: int = 3
+    target_format: str = "zarr"
     consolidated: bool = True
     attrs: Mapping[str, Any] = field(default_factory=dict)
     max_concurrency_per_host: int = 4
@@ -87,6 +94,12 @@ class XarrayZarrRecipe:
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, not {self.zarr_format!r}")
+        if self.target_format not in TARGET_FORMATS:
+            raise ValueError(f"target_format must be one of {TARGET_FORMATS}, not {self.target_format!r}")
+        if self.target_format == "icechunk" and self.zarr_format != 3:
+            raise ValueError(
+                "Icechunk repositories hold Zarr v3: use zarr_format=3 with target_format='icechunk'"
+            )
         if self.max_concurrency_per_host < 1:
             raise ValueError("max_concurrency_per_host must be >= 1")
         for dim, n in self.target_chunks.items():

@@ -9,6 +9,7 @@ import psutil
 import xarray as xr
 
 from flows.cli import local_replica
+from forge.publish.icechunk import history
 from forge.replicas.oisst import OISST_ROOT
 from forge.testing import assert_store_matches
 from tests.integration.helpers import (
@@ -93,6 +94,16 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
         assert not marker.exists()
         xr.testing.assert_identical(user_view(store), one_shot)
         assert_store_matches(str(store), sorted(replica_dir.rglob("*.nc"))[:30])
+
+        # The same deployments with an Icechunk target: each run one commit of the repository.
+        icechunk_root = tmp_path / "icechunk"
+        for name, days in (("recipe/noaa-oisst", 3), ("recipe/noaa-oisst-append", 5)):
+            params = {"prune": days, "url_rewrites": rewrites, "target_format": "icechunk"}
+            record = run_deployment(name, {**params, "target_root": str(icechunk_root)}, env)
+            assert record["state"]["type"] == "COMPLETED", record["state"]
+        repository = str(icechunk_root / "noaa-oisst.icechunk")
+        assert [c.metadata["forge:kind"] for c in history(repository)] == ["append", "build"]
+        assert_store_matches(repository, sorted(replica_dir.rglob("*.nc"))[:5])
 
 
 def wait_for_scheduled_runs(api: str, deployment_id: str, timeout: float = 60) -> list[dict]:

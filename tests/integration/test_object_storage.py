@@ -162,3 +162,30 @@ def test_cache_and_target_on_object_storage(bucket, served, tmp_path):
     assert "forge:complete" in metadata
     assert bucket.secret not in metadata and bucket.secret not in logs(state.state_details.flow_run_id)
     assert not any(bucket.secret in p for p in fs.find("forge-cache"))
+
+
+@pytest.mark.parametrize("bucket", ["s3"], indirect=True)
+def test_an_icechunk_target_on_object_storage(bucket, served, tmp_path):
+    """Built then appended through the flow (store batches writing through forks on the Dask workers),
+    each run one commit of an Icechunk repository in the bucket."""
+    from flows.recipe import recipe as recipe_flow
+    from forge.publish.icechunk import history
+
+    paths = write_inputs(make_dataset(10, packed=True), Path(served.root), 2)
+    for n_files in (2, 5):
+        recipe_dir = write_recipe(tmp_path, n_files, chunk=3)
+        state = recipe_flow(
+            recipe=str(recipe_dir),
+            target_root=bucket.target_root,
+            cache_root=bucket.cache_root,
+            url_rewrites={SOURCE: served.url},
+            target_format="icechunk",
+            append=n_files == 5,
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+    url = f"{bucket.target_root}/demo.icechunk"
+    assert state.result()["url"] == url
+    assert_store_matches(url, paths)
+    assert [c.metadata["forge:kind"] for c in history(url)] == ["append", "build"]
+    assert bucket.secret not in logs(state.state_details.flow_run_id)

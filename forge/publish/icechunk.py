@@ -1,0 +1,207 @@
+"""Icechunk targets: every build and append is one commit, published only if ``main`` has not moved.
+
+A run works on a branch of its own, ``forge-run-<id>``, made at ``main``'s tip when it starts (its
+*base*). It writes the template there and commits it (Icechunk forks only a session without uncommitted
+changes), hands each store batch a fork of a session on that branch, merges the forks back, validates,
+and commits. Then it moves ``main`` to that commit, but only if ``main`` is still at the base: a run that
+lost the race to another fails, saying so, and nothing is clobbered. A crash at any point leaves ``main``
+as it was; the abandoned branch is deleted by a later run. Readers only ever see ``main``:
+
+    repo = icechunk.Repository.open(storage)
+    xr.open_zarr(repo.readonly_session("main").store, consolidated=False)
+
+Storage comes from the target URL: a local path, ``s3://bucket/prefix`` (credentials and endpoint from
+the environment, as the clouds' SDKs take them), ``gs://``, or ``az://container/prefix`` with
+``AZURE_STORAGE_ACCOUNT_NAME``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import icechunk
+import zarr
+from icechunk import ForkSession, Repository, Session
+
+from forge.errors import ForgeError
+
+logger = logging.getLogger(__name__)
+if "ICECHUNK_LOG" not in os.environ:
+    # Icechunk warns on every open of a local repository that concurrent commits are unsafe there: a
+    # run's publish is a compare-and-swap of main, which local disk makes atomic only short of a race
+    # within the same instant (docs/publishing.md). Errors still show; ICECHUNK_LOG sets the rest.
+    icechunk.set_logs_filter("error")
+MAIN = "main"
+RUN_BRANCH_PREFIX = "forge-run-"
+STALE_AFTER = dt.timedelta(days=7)  # an abandoned run branch older than this is deleted
+KIND = "forge:kind"  # commit metadata: build, append, rollback (prepare: a run's template, not published)
+
+
+class PublishError(ForgeError):
+    """The run could not publish: another run moved ``main`` first, or the repository is not one."""
+
+
+def storage_for(url: str) -> icechunk.Storage:
+    """Icechunk storage for a target URL, configured from the environment."""
+    parts = urlsplit(url)
+    scheme, bucket, prefix = parts.scheme, parts.netloc, parts.path.strip("/")
+    if scheme in ("", "file"):
+        return icechunk.local_filesystem_storage(parts.path if scheme else url)
+    if scheme == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return icechunk.s3_storage(
+            bucket=bucket,
+            prefix=prefix,
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            endpoint_url=endpoint,
+            allow_http=bool(endpoint and endpoint.startswith("http://")),
+            force_path_style=bool(endpoint),
+            from_env=True,
+        )
+    if scheme in ("gs", "gcs"):
+        return icechunk.gcs_storage(bucket=bucket, prefix=prefix, from_env=True)
+    if scheme in ("az", "abfs", "abfss"):
+        container, _, account_host = bucket.partition("@")
+        account = account_host.split(".")[0] or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
+        return icechunk.azure_storage(account=account, container=container, prefix=prefix, from_env=True)
+    raise PublishError(f"no Icechunk storage for {url!r}: use a local path, s3://, gs:// or az://")
+
+
+def open_repository(url: str, create: bool = False) -> Repository:
+    storage = storage_for(url)
+    if Repository.exists(storage):
+        return Repository.open(storage)
+    if not create:
+        raise PublishError(f"{url} is not an Icechunk repository: build it first")
+    return Repository.create(storage)
+
+
+def exists(url: str) -> bool:
+    return Repository.exists(storage_for(url))
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One run's unpublished work: its branch, and the snapshot of ``main`` it started from."""
+
+    url: str
+    branch: str
+    base: str
+
+    def repository(self) -> Repository:
+        return open_repository(self.url)
+
+
+def begin(url: str) -> tuple[Transaction, Session]:
+    """A transaction from ``main``'s tip (the repository is made if there is none), and a writable
+    session on its branch for the template."""
+    repo = open_repository(url, create=True)
+    _delete_stale_branches(repo)
+    base = repo.lookup_branch(MAIN)
+    branch = f"{RUN_BRANCH_PREFIX}{uuid.uuid4().hex[:12]}"
+    repo.create_branch(branch, base)
+    return Transaction(url, branch, base), repo.writable_session(branch)
+
+
+def published_session(url: str, snapshot: str | None = None) -> Session:
+    """A read-only session on what readers see (``main``), or on ``snapshot``."""
+    repo = open_repository(url)
+    return repo.readonly_session(snapshot_id=snapshot) if snapshot else repo.readonly_session(branch=MAIN)
+
+
+def fork(txn: Transaction, n: int) -> list[ForkSession]:
+    """``n`` picklable sessions on the transaction's branch, one per store batch."""
+    session = txn.repository().writable_session(txn.branch)
+    return [session.fork() for _ in range(n)]
+
+
+def merged(txn: Transaction, forks: Iterable[ForkSession]) -> Session:
+    """A session on the transaction's branch holding what the store batches wrote."""
+    session = txn.repository().writable_session(txn.branch)
+    forks = [f for f in forks if f is not None]
+    if forks:
+        session.merge(*forks)
+    return session
+
+
+def commit_and_publish(txn: Transaction, session: Session, message: str, metadata: Mapping[str, Any]) -> str:
+    """Commit on the run's branch, then move ``main`` there if it is still where the run began."""
+    snapshot = session.commit(message, metadata=dict(metadata))
+    repo = txn.repository()
+    try:
+        repo.reset_branch(MAIN, snapshot, from_snapshot_id=txn.base)
+    except icechunk.IcechunkError as e:
+        now = repo.lookup_branch(MAIN)
+        raise PublishError(
+            f"{txn.url}: main moved while this run worked (from {txn.base} to {now}): another run published "
+            "first, and this one published nothing. Run again to build on what is there now."
+        ) from e
+    repo.delete_branch(txn.branch)
+    return snapshot
+
+
+def abandon(txn: Transaction) -> None:
+    """Forget an unpublished run (``main`` was never touched)."""
+    repo = txn.repository()
+    if txn.branch in repo.list_branches():
+        repo.delete_branch(txn.branch)
+
+
+def _delete_stale_branches(repo: Repository) -> None:
+    """Run branches left by crashed runs, once they are a week old (a live run's branch is younger)."""
+    now = dt.datetime.now(dt.UTC)
+    for branch in repo.list_branches():
+        if branch.startswith(RUN_BRANCH_PREFIX):
+            tip = repo.lookup_snapshot(repo.lookup_branch(branch))
+            if now - tip.written_at > STALE_AFTER:
+                repo.delete_branch(branch)
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    written_at: dt.datetime
+    message: str
+    metadata: dict[str, Any]
+
+
+def history(url: str) -> list[Commit]:
+    """``main``'s published commits, newest first (a run's template commits are left out)."""
+    repo = open_repository(url)
+    return [
+        Commit(s.id, s.written_at, s.message, dict(s.metadata))
+        for s in repo.ancestry(branch=MAIN)
+        if KIND in s.metadata
+    ]
+
+
+def rollback(url: str, to: str, metadata: Mapping[str, Any]) -> str:
+    """Move ``main`` to the content of the published commit ``to``, as a new commit on top of it that
+    records the rollback. The commits rolled back stay in the repository (a ``forge-rolled-back-<tip>``
+    branch keeps them), so rolling back to the old tip undoes it."""
+    repo = open_repository(url)
+    try:
+        published = KIND in repo.lookup_snapshot(to).metadata
+    except icechunk.IcechunkError:
+        published = False
+    if not published:
+        raise PublishError(f"{to} is not a commit forge published in {url} (see `forge history`)")
+    tip = repo.lookup_branch(MAIN)
+    # A branch at the tip keeps the commits being rolled back reachable (and garbage collection away).
+    if f"forge-rolled-back-{tip}" not in repo.list_branches():
+        repo.create_branch(f"forge-rolled-back-{tip}", tip)
+    branch = f"{RUN_BRANCH_PREFIX}{uuid.uuid4().hex[:12]}"
+    repo.create_branch(branch, to)
+    session = repo.writable_session(branch)
+    group = zarr.open_group(session.store, mode="r+")
+    group.attrs.update({"forge:rolled_back_from": tip, "forge:rolled_back_to": to})
+    txn = Transaction(url, branch, tip)
+    message = f"rollback to {to} (from {tip})"
+    return commit_and_publish(txn, session, message, {**metadata, KIND: "rollback", "forge:rollback_to": to})
