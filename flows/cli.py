@@ -97,6 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary["repr"])
     print(f"\nstore: {summary['url']}")
     print(f"open it with: {open_snippet(summary['url'])}")
+    if "catalog" in summary:
+        from forge.recipe.loading import find_recipe
+
+        root = str(Path(summary["catalog"]).parent)
+        opener = f"forge.open_dataset({find_recipe(args.recipe).recipe_id!r}, catalog={root!r})"
+        print(f"catalog: {summary['catalog']} (`forge catalog` lists it; or {opener})")
     return 0
 
 
@@ -147,12 +153,11 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def _published_target(args: argparse.Namespace) -> str:
-    """The Icechunk repository of a recipe under ``--target-root``."""
-    from flows.recipe import DEFAULT_TARGET_ROOT
-    from forge.io.storage import join
-    from forge.recipe.loading import find_recipe
+    """The Icechunk repository of a recipe under ``--target-root`` (its current major's, if versioned)."""
+    from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
 
-    return join(args.target_root or DEFAULT_TARGET_ROOT, f"{find_recipe(args.recipe).recipe_id}.icechunk")
+    target_root = args.target_root or DEFAULT_TARGET_ROOT
+    return run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, None, None, "icechunk").target_url
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -173,6 +178,30 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     snapshot = rollback(url, args.to, {"forge:by": "forge rollback"})
     print(f"main of {url} is now {snapshot}: the content of {args.to} (`forge history` shows it)")
     return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from flows.recipe import DEFAULT_TARGET_ROOT
+    from forge.catalog.catalog import listing
+
+    root = args.target_root or DEFAULT_TARGET_ROOT
+    lines = listing(root)
+    print("\n".join(lines) if lines else f"the catalog at {root} lists no datasets")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from forge.check.recipe import check_recipe
+    from forge.recipe.patterns import parse_rewrites
+
+    rewrites = dict(parse_rewrites(args.url_rewrite or []))
+    with contextlib.ExitStack() as stack:
+        if args.local_replica:
+            url = stack.enter_context(local_replica(args.replica_dir))
+            rewrites.setdefault("https://www.ncei.noaa.gov/", url + "/")
+        report = check_recipe(args.recipe, args.prune, rewrites)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -265,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", required=True, metavar="SNAPSHOT", help="a commit id from `forge history`")
     back.add_argument("--target-root", help="where the repository is (default ./data/target)")
     back.set_defaults(func=cmd_rollback)
+    cat = sub.add_parser("catalog", help="what the STAC catalog of a target root holds")
+    cat.add_argument("--target-root", help="the catalog's root (default ./data/target)")
+    cat.set_defaults(func=cmd_catalog)
+    chk = sub.add_parser(
+        "check", help="check a contributed recipe: meta.yaml, loading, a pruned build, CF conventions"
+    )
+    chk.add_argument("recipe")
+    chk.add_argument("--prune", type=int, default=2, help="inputs in the test build (default 2)")
+    chk.add_argument("--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror")
+    chk.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
+    chk.add_argument("--replica-dir", help="where the replica keeps its files")
+    chk.set_defaults(func=cmd_check)
     ls = sub.add_parser("list", help="list the recipes in recipes/")
     ls.set_defaults(func=cmd_list)
     rep = sub.add_parser("replica", help="serve the NOAA OISST replica on loopback until interrupted")

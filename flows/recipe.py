@@ -19,12 +19,13 @@ from flows.runtime.settings_once import settings_serialized_once
 from flows.runtime.tracebacks import install_traceback_filter
 from flows.runtime.windows import submit_windowed, wait_ended
 from forge.build.append import describe_append
-from forge.build.stages import recipe_for
+from forge.build.stages import recipe_for, run_spec_for
 from forge.build.types import RunSpec
 from forge.errors import ForgeError
-from forge.recipe.loading import find_recipe, load_recipe
+from forge.recipe.loading import find_recipe
 from forge.recipe.patterns import parse_rewrites
 from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
+from tasks.catalog import update_catalog
 from tasks.finalize import finalize_target
 from tasks.prepare import plan_append_run, prepare_target
 from tasks.store import store_chunks
@@ -43,27 +44,14 @@ def run_spec(
     url_rewrites: dict[str, str] | None,
     target_format: str | None = None,
 ) -> RunSpec:
-    """The run's spec. FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites.
-    The target's format is the recipe's unless ``target_format`` says otherwise; meta.yaml's
-    ``validation`` thresholds come along."""
-    source = find_recipe(recipe)
-    ref = recipe if not Path(recipe).exists() else str(source.path)
+    """The run's spec (:func:`forge.build.stages.run_spec_for`), planned for the bakery's store workers.
+    FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites."""
     rewrites = {
         **dict(parse_rewrites(os.environ.get("FORGE_URL_REWRITES", "").split())),
         **(url_rewrites or {}),
     }
-    validation = source.meta().get("validation") or {}
-    return RunSpec(
-        ref,
-        source.recipe_id,
-        target_root,
-        cache_root,
-        prune,
-        tuple(rewrites.items()),
-        workers=store_workers(current_bakery()),
-        target_format=target_format or load_recipe(ref).target_format,
-        max_missing_fraction=tuple(sorted((validation.get("max_missing_fraction") or {}).items())),
-    )
+    workers = store_workers(current_bakery())
+    return run_spec_for(recipe, target_root, cache_root, prune, rewrites, target_format, workers)
 
 
 def run_name() -> str:
@@ -172,6 +160,10 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     except Exception as e:
         raise StageFailed("finalize-target", None, e) from e
     timings["finalize"] = time.perf_counter() - t2
+    try:
+        summary["catalog"] = update_catalog(run)
+    except Exception as e:
+        raise StageFailed("publish-catalog", None, e) from e
     timings["total"] = time.perf_counter() - t0
     first_url = next(iter(recipe_for(run).pattern.items()))[1]
     summary_artifact(run, target, summary, source_text(first_url, run), timings)

@@ -41,7 +41,12 @@ def summary_artifact(
     run: RunSpec, target: TargetSpec, summary: Mapping[str, Any], source: str, timings: Mapping[str, float]
 ) -> None:
     """The finished store: where it is, its source, the range it covers, what this run added, and times."""
-    lines = [f"# {run.recipe_id}", "", f"Store: `{summary['url']}`", "", f"Source: {source}", ""]
+    lines = [f"# {run.recipe_id}", "", f"Store: `{summary['url']}`", ""]
+    if run.version:
+        lines += [f"Version: {run.version}", ""]
+    if "catalog" in summary:
+        lines += [f"STAC catalog: `{summary['catalog']}`", ""]
+    lines += [f"Source: {source}", ""]
     if "range" in summary:
         first, last = summary["range"]
         lines += [f"{target.concat_dim}: {first} to {last} ({summary['sizes'][target.concat_dim]} steps)", ""]

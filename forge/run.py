@@ -13,6 +13,7 @@ from forge.build.stages import (
 )
 from forge.build.target import describe
 from forge.build.types import RunSpec
+from forge.catalog.catalog import publish_catalog
 from forge.io.secrets import Lookup, env_lookup
 from forge.recipe.recipes import XarrayZarrRecipe
 
@@ -29,4 +30,5 @@ def run_locally(
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
     target, batches = prepare(recipe, run, summaries)
     sessions = [store_batch(recipe, target, batch).session for batch in batches]
-    return {**finalize(recipe, target, {"forge:runner": "local"}, sessions), "appended": target.appended}
+    summary = finalize(recipe, target, {"forge:runner": "local"}, sessions)
+    return {**summary, "catalog": publish_catalog(run), "appended": target.appended}

@@ -296,22 +296,28 @@ def test_receiver_refuses_to_start_without_a_secret(monkeypatch):
 PUSHER = "forge-push@project.iam.gserviceaccount.com"
 
 
-@pytest.fixture(scope="module")
-def google_like_issuer():
-    """An RSA key and its certificate served the way Google serves its OIDC certs (kid -> PEM)."""
+def self_signed(common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """An RSA key and a certificate for it, valid from yesterday to tomorrow."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-issuer")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(1)
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def google_like_issuer():
+    """An RSA key and its certificate served the way Google serves its OIDC certs (kid -> PEM)."""
+    key, cert = self_signed("test-issuer")
     certs = json.dumps({"kid1": cert.public_bytes(serialization.Encoding.PEM).decode()}).encode()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -460,19 +466,7 @@ def sns_signer():
 
     from forge.events.sns import string_to_sign
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(2)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("sns.amazonaws.com")
 
     def sign(message: dict, version: str = "2") -> dict:
         message = {"SignatureVersion": version, "SigningCertURL": CERT_URL, "TopicArn": TOPIC, **message}

@@ -347,6 +347,7 @@ def prepare_append(
         new_coordinate=encoded if transaction is None else None,
         checks=checks_for(recipe, run, template),
         transaction=transaction,
+        dataset_version=group.attrs.get("forge:dataset_version"),  # appends never change it
     )
     return spec, batches
 

@@ -7,6 +7,7 @@ finalize (:func:`finalize_target`), with :func:`plan_append` before them in appe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from forge.build.append import commit_coordinate, plan_append, prepare_append
@@ -15,7 +16,8 @@ from forge.build.schema import InputSummary
 from forge.build.target import finalize_target, prepare_target
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.build.writers import store_batch
-from forge.recipe.loading import load_recipe
+from forge.recipe.loading import find_recipe, load_recipe
+from forge.recipe.meta import version_of
 from forge.recipe.recipes import XarrayZarrRecipe
 
 __all__ = [
@@ -25,9 +27,40 @@ __all__ = [
     "plan_cache",
     "prepare",
     "recipe_for",
+    "run_spec_for",
     "source_probe",
     "store_batch",
 ]
+
+
+def run_spec_for(
+    ref: str,
+    target_root: str,
+    cache_root: str,
+    prune: int | None = None,
+    url_rewrites: Mapping[str, str] | None = None,
+    target_format: str | None = None,
+    workers: int | None = None,
+) -> RunSpec:
+    """A run of the recipe ``ref`` (an id or a path): its meta.yaml's ``version`` (one store per major)
+    and ``validation`` thresholds come along; the target's format is the recipe's unless
+    ``target_format`` says otherwise."""
+    source = find_recipe(ref)
+    meta = source.meta()
+    validation = meta.get("validation") or {}
+    recipe = str(source.path) if Path(ref).exists() else ref  # a path, resolved; an id stays an id
+    return RunSpec(
+        recipe,
+        source.recipe_id,
+        target_root,
+        cache_root,
+        prune,
+        tuple((url_rewrites or {}).items()),
+        workers=workers,
+        target_format=target_format or load_recipe(recipe).target_format,
+        max_missing_fraction=tuple(sorted((validation.get("max_missing_fraction") or {}).items())),
+        version=version_of(meta),
+    )
 
 
 def recipe_for(run: RunSpec) -> XarrayZarrRecipe:

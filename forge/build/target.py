@@ -7,10 +7,13 @@ consolidates metadata. A finished store with the same fingerprint is left alone,
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask.array
@@ -18,7 +21,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from forge import __version__
+from forge._version import __version__
 from forge.build.caching import opened
 from forge.build.plan import batch_chunks, chunk_writes, default_chunk
 from forge.build.schema import InputSummary, Template, VariableSpec, combine
@@ -151,7 +154,14 @@ def write_coordinate(group: zarr.Group, name: str, values: np.ndarray) -> None:
     group.create_array(name, **kwargs)[:] = values
 
 
-def fingerprint(recipe: XarrayZarrRecipe, template: Template, summaries: Sequence[InputSummary]) -> str:
+def fingerprint(
+    recipe: XarrayZarrRecipe,
+    template: Template,
+    summaries: Sequence[InputSummary],
+    version: str | None = None,
+) -> str:
+    """What a finished store is made of: a store with the same fingerprint is not built again (a new
+    minor version is: it rebuilds its major's store)."""
     h = hashlib.sha256(template.digest().encode())
     h.update(
         repr(
@@ -160,6 +170,7 @@ def fingerprint(recipe: XarrayZarrRecipe, template: Template, summaries: Sequenc
                 recipe.zarr_format,
                 sorted(recipe.attrs.items()),
                 __version__,
+                version,
             )
         ).encode()
     )
@@ -271,13 +282,13 @@ def prepare_target(
     plan writes. On an Icechunk target the template is committed on the run's own branch, and each write
     batch gets a fork of a session there; ``main`` is untouched until finalize."""
     template = combine_inputs(recipe, summaries)
-    fp = fingerprint(recipe, template, summaries)
+    fp = fingerprint(recipe, template, summaries, run.version)
     url = run.target_url
     published = published_group(url, run.target_format)
     existing = dict(published.attrs) if published is not None else {}
     complete = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
-    transaction, sessions = None, []
+    transaction, sessions, publish_to = None, [], None
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
     else:
@@ -287,6 +298,10 @@ def prepare_target(
         if run.transactional:
             transaction, session = icechunk_target.begin(url)
             store = session.store
+        elif existing.get(COMPLETE_ATTR) is True:  # readers keep the previous build until this one is done
+            publish_to, url = url, staging_url(url)
+            Storage(url).delete("")
+            store = zarr_store(url)
         else:
             store = zarr_store(url)
         with warnings.catch_warnings():
@@ -313,8 +328,32 @@ def prepare_target(
         concat_inputs=len(template.lengths) if template.concat_dim else 1,
         checks=checks_for(recipe, run, template),
         transaction=transaction,
+        publish_to=publish_to,
+        dataset_version=run.version,
     )
     return spec, batches
+
+
+def staging_url(url: str) -> str:
+    """Where a Zarr store is rebuilt beside its published self: ``.{name}.next`` in the same folder."""
+    parent, name = url.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.{name}.next"
+
+
+def move_into_place(staging: str, url: str) -> None:
+    """Replace the store at ``url`` by the finished one at ``staging``: two renames on local disk (a
+    moment with neither), a delete and a copy on object storage (use Icechunk for an atomic swap)."""
+    parent, name = url.rstrip("/").rsplit("/", 1)
+    storage = Storage(parent)
+    if storage.supports_local_paths:
+        previous = Path(storage._path(f".{name}.previous"))
+        shutil.rmtree(previous, ignore_errors=True)
+        Path(storage._path(name)).rename(previous)
+        Path(storage._path(staging.rsplit("/", 1)[1])).rename(storage._path(name))
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        storage.fs.rm(storage._path(name), recursive=True)
+        storage.fs.mv(storage._path(staging.rsplit("/", 1)[1]), storage._path(name), recursive=True)
 
 
 def commit_attrs(
@@ -323,6 +362,8 @@ def commit_attrs(
     """The root attributes a finished store carries: provenance, the count of inputs, the complete flag."""
     return {
         **{k: v for k, v in provenance.items() if v is not None},
+        **({"forge:dataset_version": target.dataset_version} if target.dataset_version else {}),
+        "forge:updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "forge:recipe_id": target.run.recipe_id,
         "forge:version": __version__,
         "forge:pattern_sha256": recipe.pattern.sha256(),
@@ -339,7 +380,7 @@ def finalize_target(
     point readers of consolidated metadata see); on an Icechunk target, the store batches' sessions
     merged, those attrs, and one commit that ``main`` moves to only if no other run published first."""
     if target.complete:
-        return describe(target.url, target.concat_dim, target.format)
+        return describe(target.published_url, target.concat_dim, target.format)
     if target.transaction is not None:
         session = icechunk_target.merged(target.transaction, sessions)
         group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
@@ -366,9 +407,11 @@ def finalize_target(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
+    if target.publish_to:
+        move_into_place(target.url, target.publish_to)
     storage, key = pending_marker(target.url)
     storage.delete(key)  # an append is committed
-    return describe(target.url, target.concat_dim, target.format)
+    return describe(target.published_url, target.concat_dim, target.format)
 
 
 def describe(url: str, concat_dim: str | None = None, target_format: str = "zarr") -> dict:

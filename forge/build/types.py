@@ -15,6 +15,7 @@ from forge.build.schema import VariableSpec
 from forge.io.storage import join
 from forge.publish.icechunk import Transaction
 from forge.publish.validate import Checks
+from forge.recipe.meta import major_of
 from forge.recipe.patterns import Key
 
 
@@ -36,8 +37,13 @@ class RunSpec:
     # meta.yaml's validation.max_missing_fraction: variable -> the largest fraction missing in one step
     max_missing_fraction: tuple[tuple[str, float], ...] = ()
 
+    # meta.yaml's "MAJOR.MINOR": each major version has a store of its own (None: the unversioned path)
+    version: str | None = None
+
     @property
     def target_url(self) -> str:
+        if self.version:
+            return join(self.target_root, self.recipe_id, f"v{major_of(self.version)}.{self.target_format}")
         return join(self.target_root, f"{self.recipe_id}.{self.target_format}")
 
     @property
@@ -113,6 +119,14 @@ class TargetSpec:
     new_coordinate: np.ndarray | None = None
     checks: Checks = field(default_factory=Checks)  # what the store stage checks before anything publishes
     transaction: Transaction | None = None  # Icechunk targets: the run's unpublished work
+    # A Zarr store rebuilt while its previous build stays published: ``url`` is where it is built, and
+    # finalize moves it here once it is complete.
+    publish_to: str | None = None
+    dataset_version: str | None = None  # "MAJOR.MINOR" the store holds once published
+
+    @property
+    def published_url(self) -> str:
+        return self.publish_to or self.url
 
     @property
     def format(self) -> str:

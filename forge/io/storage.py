@@ -102,6 +102,11 @@ class Storage:
             return []
         return sorted(p[len(base) :].lstrip("/") for p in found)
 
+    def glob(self, pattern: str) -> list[str]:
+        """Keys under the root matching ``pattern`` (one level of folders per ``*``, as fsspec globs)."""
+        base = self._path("")
+        return sorted(p[len(base) :].lstrip("/") for p in self.fs.glob(self._path(pattern)))
+
     def total_size(self) -> int:
         """Bytes stored under the root."""
         return int(sum(self.fs.du(self._path(""), total=False).values()))

@@ -50,6 +50,18 @@ def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path, prefect_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     url = str(tmp_path / "target" / "noaa-oisst.zarr")
     assert f"store: {url}" in result.stdout and "<xarray.Dataset>" in result.stdout
+    # The flow published the store in the target root's STAC catalog; `forge catalog` lists it.
+    assert f"catalog: {tmp_path / 'target' / 'catalog.json'}" in result.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "catalog", "--target-root", str(tmp_path / "target")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert listed.stdout.splitlines() == [
+        "noaa-oisst  NOAA Optimum Interpolation SST v2.1 (AVHRR), daily",
+        f"  1981-09-01 to 1981-09-03; zarr: {url}",
+    ], listed.stdout + listed.stderr
     sources = sorted((replica / "720x1440").rglob("*.nc"))
     assert len(sources) == 3
     assert_store_matches(url, sources)

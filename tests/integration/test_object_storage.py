@@ -16,7 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import xarray as xr
 
+import forge
+from forge.io.storage import zarr_store
 from forge.testing import assert_store_matches, make_dataset, write_inputs
 from tests.integration.helpers import SOURCE, free_port, logs, write_recipe
 
@@ -156,6 +159,10 @@ def test_cache_and_target_on_object_storage(bucket, served, tmp_path):
     assert len(cached) == 3  # each input cached once, as an object
 
     assert_store_matches(summary["url"], paths)
+    # The catalog is in the bucket too, and opens the dataset from there.
+    assert summary["catalog"] == f"{bucket.target_root}/catalog.json"
+    through_catalog = forge.open_dataset("demo", catalog=bucket.target_root).load()
+    xr.testing.assert_identical(through_catalog, xr.open_zarr(zarr_store(summary["url"])).load())
     metadata = "".join(
         fs.cat(p).decode(errors="ignore") for p in fs.find("forge-target") if p.endswith(".json")
     )
