@@ -153,11 +153,19 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def _published_target(args: argparse.Namespace) -> str:
-    """The Icechunk repository of a recipe under ``--target-root`` (its current major's, if versioned)."""
-    from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
+    """The Icechunk repository of a recipe under ``--target-root`` (its current major's, if versioned):
+    found from its id and meta.yaml, without loading the recipe."""
+    from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT
+    from forge.build.types import RunSpec
+    from forge.recipe.loading import find_recipe
+    from forge.recipe.meta import version_of
 
-    target_root = args.target_root or DEFAULT_TARGET_ROOT
-    return run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, None, None, "icechunk").target_url
+    source = find_recipe(args.recipe)
+    version = version_of(source.meta())
+    root = args.target_root or DEFAULT_TARGET_ROOT
+    return RunSpec(
+        source.ref, source.recipe_id, root, DEFAULT_CACHE_ROOT, target_format="icechunk", version=version
+    ).target_url
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -202,6 +210,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         report = check_recipe(args.recipe, args.prune, rewrites)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    from forge.port.feedstock import port_path
+    from forge.recipe.loading import listed_recipes
+
+    source = Path(args.path)
+    if not source.exists():
+        raise SystemExit(f"forge port: no such file or folder: {source}")
+    out = Path(args.out) if args.out else source.with_name(source.stem + "_forge" + source.suffix)
+    ported = port_path(source, out)
+    for item in ported:
+        print(f"{item.source} -> {item.written}")
+        print("".join(f"  {note}\n" for note in item.notes), end="")
+    untranslated = sum(len(item.untranslated) for item in ported)
+    if untranslated:
+        print(f"forge port: {untranslated} NOT TRANSLATED (above, and atop each file): edit those by hand")
+        return 1
+    listed = listed_recipes(out) if out.is_dir() else None
+    recipe = f"{out}/{listed[0].recipe_id}" if listed else out
+    print(f"forge port: done; next `forge check {recipe}` and `forge run {recipe} --prune 2`")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -306,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
     chk.add_argument("--replica-dir", help="where the replica keeps its files")
     chk.set_defaults(func=cmd_check)
+    port = sub.add_parser(
+        "port", help="rewrite a pangeo-forge-recipes recipe (0.9 or 0.10) or feedstock folder for forge"
+    )
+    port.add_argument("path", help="a recipe .py file, or a feedstock folder (meta.yaml and its modules)")
+    port.add_argument("-o", "--out", help="where the port goes (default: PATH_forge beside it)")
+    port.set_defaults(func=cmd_port)
     ls = sub.add_parser("list", help="list the recipes in recipes/")
     ls.set_defaults(func=cmd_list)
     rep = sub.add_parser("replica", help="serve the NOAA OISST replica on loopback until interrupted")

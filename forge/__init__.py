@@ -8,8 +8,10 @@ from forge.io.openers import InputError as InputError  # noqa: E402
 from forge.io.secrets import Secret as Secret  # noqa: E402
 from forge.recipe.patterns import ConcatDim as ConcatDim  # noqa: E402
 from forge.recipe.patterns import FilePattern as FilePattern  # noqa: E402
+from forge.recipe.patterns import FileType as FileType  # noqa: E402
 from forge.recipe.patterns import Key as Key  # noqa: E402
 from forge.recipe.patterns import MergeDim as MergeDim  # noqa: E402
+from forge.recipe.patterns import pattern_from_file_sequence as pattern_from_file_sequence  # noqa: E402
 from forge.recipe.recipes import XarrayZarrRecipe as XarrayZarrRecipe  # noqa: E402
 
 
@@ -19,3 +21,10 @@ def open_dataset(recipe_id: str, catalog: str = "data/target", version: str | No
     from forge.catalog.catalog import open_dataset as _open
 
     return _open(recipe_id, catalog, version)
+
+
+def chunks_by_budget(budget: int | str = "100MB", fixed=None):
+    """A ``dynamic_chunking_fn`` by size budget: see :func:`forge.build.chunking.chunks_by_budget`."""
+    from forge.build.chunking import chunks_by_budget as _chunks
+
+    return _chunks(budget, fixed)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,6 +153,14 @@ def open_store(url: str, *, raw: bool = False) -> xr.Dataset:
     return ds
 
 
+def assert_same_dataset(actual: xr.Dataset, expected: xr.Dataset) -> None:
+    """Identical, decoded variables cast to the expected dtypes first (see :func:`assert_store_matches`)."""
+    for name, var in expected.variables.items():
+        if name in actual.variables and actual[name].dtype != var.dtype and var.dtype.kind == "f":
+            actual[name] = actual[name].astype(var.dtype)
+    xr.testing.assert_identical(actual, expected)
+
+
 def assert_store_matches(url: str, sources: Sequence[Path], *, check_packed: bool = True) -> None:
     """The store equals its sources: decoded, and (``check_packed``) as stored, packed bytes and all.
 
@@ -157,12 +168,7 @@ def assert_store_matches(url: str, sources: Sequence[Path], *, check_packed: boo
     then decodes to float64; decoded variables are cast back to the sources' dtypes before comparing.
     The packed comparison is the strict one: identical stored integers and identical packing attrs.
     """
-    expected = open_sources(sources)
-    actual = open_store(url)
-    for name, var in expected.variables.items():
-        if name in actual.variables and actual[name].dtype != var.dtype and var.dtype.kind == "f":
-            actual[name] = actual[name].astype(var.dtype)
-    xr.testing.assert_identical(actual, expected)
+    assert_same_dataset(open_store(url), open_sources(sources))
     if check_packed:
         raw_expected = open_sources(sources, raw=True)
         raw_actual = open_store(url, raw=True)
@@ -194,3 +200,20 @@ def assert_no_secret(text: str | bytes, forms: Sequence[str], where: str = "") -
     data = text if isinstance(text, bytes) else text.encode()
     found = [form for form in forms if form.encode() in data]
     assert not found, f"secret forms {found} found {where}"
+
+
+def forge_run_on_replica(
+    recipe: str, work: Path, prune: int, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``forge run RECIPE --prune N --local-replica`` as a user types it, everything under ``work``
+    (``replica/``, ``target/``, ``cache/``), in this checkout."""
+    args = ["run", recipe, "--prune", str(prune), "--local-replica", "--replica-dir", str(work / "replica")]
+    args += ["--target-root", str(work / "target"), "--cache-root", str(work / "cache")]
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, **env},
+    )

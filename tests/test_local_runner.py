@@ -45,6 +45,22 @@ def test_concat(served, run_spec, items_per_file, chunk, fmt):
     assert xr.open_zarr(out["url"]).tas.encoding["chunks"][0] == chunk
 
 
+def test_chunks_by_size_budget_for_every_dimension(served, run_spec):
+    """forge.chunks_by_budget: no chunk over the budget, chunks balanced across dimensions."""
+    import forge
+
+    ds = make_dataset(12, nlat=8, nlon=16)  # float32: 12 x 8 x 16 x 4 bytes = 6 KiB per variable
+    paths = write_inputs(ds, Path(served.root), 3)
+    recipe = XarrayZarrRecipe(
+        concat_pattern(served, len(paths), 3), dynamic_chunking_fn=forge.chunks_by_budget(1024)
+    )
+    out = run_locally(recipe, run_spec())
+    assert_store_matches(out["url"], paths)
+    assert xr.open_zarr(out["url"]).tas.encoding["chunks"] == (6, 4, 8)  # 768 bytes
+    with pytest.raises(ValueError, match="target_chunks or dynamic_chunking_fn, not both"):
+        XarrayZarrRecipe(recipe.pattern, target_chunks={"time": 2}, dynamic_chunking_fn=lambda ds: {})
+
+
 def test_merge_dim_per_variable_files(served, run_spec):
     ds = make_dataset(6, variables=("tas", "pr"))
     paths = write_inputs(ds, Path(served.root), 2, per_variable=True)

@@ -16,7 +16,7 @@ from forge.build.schema import InputSummary
 from forge.build.target import finalize_target, prepare_target
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.build.writers import store_batch
-from forge.recipe.loading import find_recipe, load_recipe
+from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
 from forge.recipe.meta import version_of
 from forge.recipe.recipes import XarrayZarrRecipe
 
@@ -48,7 +48,7 @@ def run_spec_for(
     source = find_recipe(ref)
     meta = source.meta()
     validation = meta.get("validation") or {}
-    recipe = str(source.path) if Path(ref).exists() else ref  # a path, resolved; an id stays an id
+    recipe = source.ref if Path(ref).exists() or "/" in ref else ref  # a path, resolved; an id stays
     return RunSpec(
         recipe,
         source.recipe_id,
@@ -60,12 +60,15 @@ def run_spec_for(
         target_format=target_format or load_recipe(recipe).target_format,
         max_missing_fraction=tuple(sorted((validation.get("max_missing_fraction") or {}).items())),
         version=version_of(meta),
+        recipe_blob=frozen(recipe),
     )
 
 
 def recipe_for(run: RunSpec) -> XarrayZarrRecipe:
-    """The recipe a run works on: loaded by its reference (in any worker process), pruned as the run asks."""
-    return load_recipe(run.recipe).pruned(run.prune)
+    """The recipe a run works on, pruned as the run asks: the one the run froze when it was planned
+    (its module is not imported again), else loaded by its reference."""
+    recipe = thawed(run.recipe_blob) if run.recipe_blob else load_recipe(run.recipe)
+    return recipe.pruned(run.prune)
 
 
 def prepare(

@@ -7,6 +7,7 @@ consolidates metadata. A finished store with the same fingerprint is left alone,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -22,7 +23,9 @@ import xarray as xr
 import zarr
 
 from forge._version import __version__
+from forge.build.acceptance import run_checks
 from forge.build.caching import opened
+from forge.build.chunking import dynamic_chunks
 from forge.build.plan import batch_chunks, chunk_writes, default_chunk
 from forge.build.schema import InputSummary, Template, VariableSpec, combine
 from forge.build.times import exact_encoding, is_time_units
@@ -98,6 +101,10 @@ def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
     dim = template.concat_dim
     if dim in recipe.target_chunks:
         return recipe.target_chunks[dim]
+    if recipe.inputs_per_chunk:  # pangeo-forge's: that many inputs per chunk
+        concat = recipe.pattern.concat_dim
+        per_input = concat.nitems_per_file if concat and concat.nitems_per_file else max(template.lengths)
+        return recipe.inputs_per_chunk * per_input
     item_bytes = 0
     for v in template.concat_variables:
         per_item = int(np.prod([n for d, n in zip(v.dims, v.shape, strict=True) if d != dim], dtype=np.int64))
@@ -167,6 +174,7 @@ def fingerprint(
         repr(
             (
                 sorted(recipe.target_chunks.items()),
+                recipe.inputs_per_chunk,
                 recipe.zarr_format,
                 sorted(recipe.attrs.items()),
                 __version__,
@@ -282,6 +290,9 @@ def prepare_target(
     plan writes. On an Icechunk target the template is committed on the run's own branch, and each write
     batch gets a fork of a session there; ``main`` is untouched until finalize."""
     template = combine_inputs(recipe, summaries)
+    if recipe.dynamic_chunking_fn is not None:  # chunks chosen from the schema, then as if given
+        chunks = dynamic_chunks(recipe.dynamic_chunking_fn, recipe.dynamic_chunking_fn_kwargs, template)
+        recipe = dataclasses.replace(recipe, target_chunks=chunks, dynamic_chunking_fn=None)
     fp = fingerprint(recipe, template, summaries, run.version)
     url = run.target_url
     published = published_group(url, run.target_format)
@@ -383,6 +394,7 @@ def finalize_target(
         return describe(target.published_url, target.concat_dim, target.format)
     if target.transaction is not None:
         session = icechunk_target.merged(target.transaction, sessions)
+        run_checks(recipe.tests, session.store, target.url, consolidated=False)
         group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
         group.attrs.update(commit_attrs(recipe, target, provenance))
         kind = "append" if target.run.append_from is not None else "build"
@@ -401,6 +413,8 @@ def finalize_target(
             target.transaction, session, f"{target.run.recipe_id}: {kind}, {span}", metadata
         )
         return describe(target.url, target.concat_dim, target.format)
+    if recipe.tests:
+        run_checks(recipe.tests, zarr_store(target.url), target.url, consolidated=False)
     group = open_group(target.url)
     group.attrs.put({**dict(group.attrs), **commit_attrs(recipe, target, provenance)})
     if recipe.consolidated:

@@ -39,6 +39,8 @@ class RunSpec:
 
     # meta.yaml's "MAJOR.MINOR": each major version has a store of its own (None: the unversioned path)
     version: str | None = None
+    # The recipe as planned (forge.recipe.loading.frozen): workers load it without importing its module
+    recipe_blob: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def target_url(self) -> str:

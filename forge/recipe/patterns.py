@@ -14,9 +14,20 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from forge.io.secrets import Secret, check_no_plain_secrets
+
+
+class FileType(StrEnum):
+    """The inputs' format, as pangeo-forge-recipes names it (a plain string works as well)."""
+
+    netcdf4 = "netcdf4"
+    netcdf3 = "netcdf3"
+    hdf5 = "hdf5"
+    zarr = "zarr"
+    grib = "grib"
 
 
 @dataclass(frozen=True)
@@ -149,7 +160,7 @@ class FilePattern:
             "query_string_secrets",
             {k: v.name if isinstance(v, Secret) else v for k, v in secrets.items()},
         )
-        object.__setattr__(self, "file_type", file_type)
+        object.__setattr__(self, "file_type", str(file_type))  # a FileType is stored by its name
         object.__setattr__(self, "trusted_redirect_hosts", tuple(trusted_redirect_hosts))
 
     # -- structure ---------------------------------------------------------------------------------
@@ -210,6 +221,19 @@ class FilePattern:
         for key, url in self.items():
             h.update(f"{key.label}={url}\n".encode())
         return h.hexdigest()
+
+
+def pattern_from_file_sequence(
+    file_list: Sequence[str], concat_dim: str, nitems_per_file: int | None = None, **kwargs: Any
+) -> FilePattern:
+    """A pattern over a list of URLs concatenated along ``concat_dim``, as in pangeo-forge-recipes
+    (``kwargs``: those of :class:`FilePattern`, e.g. ``file_type``)."""
+    urls = list(file_list)
+
+    def url_at(**position: int) -> str:
+        return urls[position[concat_dim]]
+
+    return FilePattern(url_at, ConcatDim(concat_dim, list(range(len(urls))), nitems_per_file), **kwargs)
 
 
 def rewrite_url(url: str, rewrites: Sequence[tuple[str, str]]) -> str:

@@ -76,6 +76,17 @@ class XarrayZarrRecipe:
     compressors
         Zarr codecs for the data variables, e.g. ``(zarr.codecs.BloscCodec(cname="lz4"),)``; None keeps
         Zarr's default (zstd level 0, which benchmarks/throughput.py compares with the alternatives).
+    inputs_per_chunk
+        pangeo-forge's: chunks of that many inputs along the concat dimension (``target_chunks`` wins).
+    subset_inputs
+        pangeo-forge's, accepted and not needed: the store step never holds more than one target chunk
+        of one variable, and reads inputs in slabs of at most 8 MB, whatever an input's size.
+    dynamic_chunking_fn, dynamic_chunking_fn_kwargs
+        pangeo-forge's: ``fn(schema, **kwargs) -> {dim: chunk}``, given the target's schema as a lazy
+        Dataset (no values read), instead of ``target_chunks``; ``forge.chunks_by_budget("100MB")`` is one.
+    tests
+        Checks of the finished store, run before it is published: ``f(store)`` gets the Zarr store (as
+        pangeo-forge's ``test_ds``), ``f(ds)`` the opened Dataset; one that raises fails the run.
     """
 
     pattern: FilePattern
@@ -90,6 +101,11 @@ class XarrayZarrRecipe:
     cache_batch_size: int = 2500
     max_write_batches: int = 32
     compressors: tuple[Any, ...] | None = None
+    inputs_per_chunk: int | None = None
+    subset_inputs: Mapping[str, int] = field(default_factory=dict)
+    tests: tuple[Callable[[Any], Any], ...] = ()
+    dynamic_chunking_fn: Callable[..., Mapping[str, int]] | None = None
+    dynamic_chunking_fn_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):
@@ -105,6 +121,16 @@ class XarrayZarrRecipe:
         for dim, n in self.target_chunks.items():
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"target_chunks[{dim!r}] must be a positive integer, not {n!r}")
+        if self.inputs_per_chunk is not None and (
+            not isinstance(self.inputs_per_chunk, int) or self.inputs_per_chunk < 1
+        ):
+            raise ValueError(f"inputs_per_chunk must be a positive integer, not {self.inputs_per_chunk!r}")
+        if self.dynamic_chunking_fn is not None and self.target_chunks:
+            raise ValueError("give target_chunks or dynamic_chunking_fn, not both")
+        object.__setattr__(self, "tests", tuple(self.tests))
+        for check in self.tests:
+            if not callable(check):
+                raise RecipeError(f"tests must be functions of the finished store, not {check!r}")
         get_opener(self.pattern.file_type)
         if self.process_input is not None:
             _input_arity(self.process_input)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pandas as pd
 
 from forge.recipe.loading import load_recipe
 from forge.replicas.oisst import OISST_ROOT, oisst_url
-from forge.testing import assert_store_matches
+from forge.testing import assert_store_matches, forge_run_on_replica
 
 
 def test_pattern_uses_the_real_ncei_layout():
@@ -23,30 +22,8 @@ def test_pattern_uses_the_real_ncei_layout():
 
 
 def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path, prefect_server):
-    replica = tmp_path / "replica"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "run",
-            "noaa-oisst",
-            "--prune",
-            "3",
-            "--local-replica",
-            "--replica-dir",
-            str(replica),
-            "--target-root",
-            str(tmp_path / "target"),
-            "--cache-root",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parents[2],
-        env={**os.environ, "PREFECT_API_URL": prefect_server},
-    )
+    replica = tmp_path / "replica"  # forge_run_on_replica's
+    result = forge_run_on_replica("noaa-oisst", tmp_path, 3, {"PREFECT_API_URL": prefect_server})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     url = str(tmp_path / "target" / "noaa-oisst.zarr")
     assert f"store: {url}" in result.stdout and "<xarray.Dataset>" in result.stdout

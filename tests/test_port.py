@@ -1,0 +1,132 @@
+"""``forge port``: pangeo-forge-recipes recipes (0.9 and a 0.10 feedstock of three recipes, with their
+real NCEI URLs) rewritten, then built against the loopback replica of NCEI's server: each store equals
+its sources, the recipes' own checks run before publishing, and a module's import-time code runs once
+per run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import zarr
+
+from forge.build.stages import run_spec_for
+from forge.errors import RecipeCodeError
+from forge.port.feedstock import port_path
+from forge.recipe.loading import load_recipe
+from forge.replicas.oisst import OisstReplica
+from forge.replicas.server import SourceServer
+from forge.run import run_locally
+from forge.testing import assert_same_dataset, forge_run_on_replica, open_sources, open_store
+
+REPO = Path(__file__).parents[1]
+ORIGINALS = Path(__file__).parent / "data" / "pangeo_forge"
+NCEI = "https://www.ncei.noaa.gov/"
+
+
+@pytest.fixture
+def replica(tmp_path):
+    """NCEI's server on loopback, in the product's layout (a small grid: the layout is what matters)."""
+    files = OisstReplica(tmp_path / "replica", nlat=36, nlon=72)
+    with SourceServer(generate=files.generate) as server:
+        server.files = files
+        yield server
+
+
+def build(ref: str, tmp_path: Path, server: SourceServer, prune: int) -> str:
+    """The recipe ``ref`` built by the local runner from the replica; the store's URL."""
+    rewrites = {NCEI: server.url + "/"}
+    run = run_spec_for(ref, str(tmp_path / "target"), str(tmp_path / "cache"), prune, rewrites)
+    return run_locally(load_recipe(ref), run)["url"]
+
+
+def sources(server: SourceServer) -> xr.Dataset:
+    return open_sources(sorted(server.files.directory.rglob("*.nc")))
+
+
+def test_a_09_recipe_ports_and_builds_what_its_sources_hold(tmp_path, replica):
+    [ported] = port_path(ORIGINALS / "oisst-0.9" / "recipe.py", tmp_path / "oisst.py")
+    assert [str(n) for n in ported.notes] == [
+        "line 3: from pangeo_forge_recipes.patterns -> from forge import pattern_from_file_sequence",
+        "line 4: from pangeo_forge_recipes.recipes -> from forge import XarrayZarrRecipe",
+        "line 23: cache_inputs=: dropped (forge always caches inputs)",
+        "line 23: copy_input_to_local_file=: dropped (forge reads inputs from its cache)",
+        "line 23: consolidate_zarr=: dropped (forge consolidates the metadata when it publishes)",
+    ]
+    code = ported.written.read_text()
+    assert "def drop_zlev(ds, fname):" in code and "inputs_per_chunk=2" in code  # the user's code, kept
+    url = build(str(ported.written), tmp_path, replica, prune=4)
+    expected = sources(replica).isel(zlev=0, drop=True)
+    assert_same_dataset(open_store(url), expected)
+    assert zarr.open_group(url, mode="r")["sst"].chunks[0] == 2  # inputs_per_chunk=2 of one day each
+
+
+def test_a_010_feedstock_ports_and_runs_as_a_flow_importing_its_module_once(tmp_path, prefect_server):
+    out = tmp_path / "feedstock"
+    ported = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "port", str(ORIGINALS / "oisst-0.10"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert ported.returncode == 0, ported.stdout + ported.stderr
+    for line in (
+        "line 40: beam.Map(test_ds): a check of the finished store, now in tests=[...] (it fails the run)",
+        "line 36: class SSTOnly: no longer a PTransform; its steps run on every input",
+        "line 49: class PassThrough: a PTransform that returns its input unchanged: removed",
+        "bakery 'pangeo-ldeo-nsf-earthcube' -> 'local' (forge's bakeries: local, gcp, aws, azure)",
+    ):
+        assert f"  {line}\n" in ported.stdout
+    first = f"{out}/noaa-oisst-beam"
+    assert ported.stdout.splitlines()[-1] == (
+        f"forge port: done; next `forge check {first}` and `forge run {first} --prune 2`"
+    )
+    assert "import apache_beam" not in (out / "oisst_vars.py").read_text()
+
+    log = tmp_path / "imports.log"
+    env = {"PREFECT_API_URL": prefect_server, "OISST_IMPORT_LOG": str(log)}
+    run = forge_run_on_replica(f"{out}/noaa-oisst-beam", tmp_path, 2, env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    url = str(tmp_path / "target" / "noaa-oisst-beam.zarr")  # named after meta.yaml's id, not the file
+    assert f"store: {url}" in run.stdout
+    assert_same_dataset(open_store(url), open_sources(sorted((tmp_path / "replica").rglob("*.nc"))))
+    assert zarr.open_group(url, mode="r")["sst"].chunks[0] == 2
+    # Once, in the process that planned the run: the workers got the recipe without importing it.
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_a_feedstocks_other_recipes_build_their_own_variables(tmp_path, replica):
+    port_path(ORIGINALS / "oisst-0.10", tmp_path / "feedstock")
+    chunks = {"sst": (2, 36, 72), "ice": (2, 18, 72)}  # target_chunks; ice's from its dynamic_chunking_fn
+    for recipe_id, variable in (("noaa-oisst-sst", "sst"), ("noaa-oisst-ice", "ice")):
+        url = build(str(tmp_path / "feedstock" / recipe_id), tmp_path, replica, prune=3)
+        assert url.endswith(f"{recipe_id}.zarr")
+        expected = sources(replica)[[variable]].isel(zlev=0, drop=True)
+        assert_same_dataset(open_store(url), expected)
+        assert zarr.open_group(url, mode="r")[variable].chunks == chunks[variable]
+
+
+@pytest.mark.parametrize("target_format", ["zarr", "icechunk"])
+def test_a_check_that_fails_fails_the_run_and_publishes_nothing(tmp_path, replica, target_format):
+    port_path(ORIGINALS / "oisst-0.10", tmp_path / "feedstock")
+    module = tmp_path / "feedstock" / "noaa_oisst.py"
+    text = module.read_text().replace('"ice", "sst"]', '"ice", "sst", "sea_ice"]')  # a check that fails
+    text += f"\nimport dataclasses\n\nrecipe = dataclasses.replace(recipe, target_format={target_format!r})\n"
+    module.write_text(text)
+    with pytest.raises(
+        RecipeCodeError, match=r"the check test_ds of .*noaa-oisst-beam.* raised AssertionError"
+    ):
+        build(str(tmp_path / "feedstock" / "noaa-oisst-beam"), tmp_path, replica, prune=2)
+    store = tmp_path / "target" / f"noaa-oisst-beam.{target_format}"
+    assert store.exists()  # written, not published:
+    if target_format == "zarr":
+        assert "forge:complete" not in zarr.open_group(str(store), mode="r").attrs
+    else:
+        from forge.publish.icechunk import history
+
+        assert history(str(store)) == []  # main holds no build
+    assert not (tmp_path / "target" / "catalog.json").exists()
