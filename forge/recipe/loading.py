@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
+import marshal
 import os
 import re
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 import cloudpickle
@@ -176,9 +178,22 @@ def frozen(ref: str) -> bytes:
     module = _module(source.path, source.path.stat().st_mtime_ns)
     cloudpickle.register_pickle_by_value(module)
     try:
-        return cloudpickle.dumps(recipe)
+        buffer = io.BytesIO()
+        _KeepFilenames(buffer).dump(recipe)
+        return buffer.getvalue()
     finally:
         cloudpickle.unregister_pickle_by_value(module)
+
+
+class _KeepFilenames(cloudpickle.Pickler):
+    """cloudpickle, but code objects keep their file name (cloudpickle writes ``<dynamic-code>``), so
+    errors in a worker still name the recipe's file and line. marshal is as version-bound as cloudpickle's
+    own code reduction: workers run the planner's Python either way."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, CodeType):
+            return marshal.loads, (marshal.dumps(obj),)
+        return super().reducer_override(obj)
 
 
 @functools.lru_cache(maxsize=8)
