@@ -18,6 +18,7 @@ os.environ.setdefault("FORGE_DASK_WORKERS", "2")
 import pytest  # noqa: E402
 
 from forge.build.types import RunSpec  # noqa: E402
+from forge.replicas.oisst import OisstReplica  # noqa: E402
 from forge.replicas.server import SourceServer  # noqa: E402
 
 
@@ -28,6 +29,16 @@ def served(tmp_path: Path):
     root.mkdir()
     with SourceServer(root=root) as srv:
         yield srv
+
+
+@pytest.fixture
+def replica(tmp_path: Path):
+    """NCEI's server on loopback, in the product's layout (a small grid: the layout is what matters);
+    ``replica.files`` makes and holds its files."""
+    files = OisstReplica(tmp_path / "replica", nlat=36, nlon=72)
+    with SourceServer(generate=files.generate) as server:
+        server.files = files
+        yield server
 
 
 @pytest.fixture

@@ -92,6 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"forge: error: {state.message}", file=sys.stderr)
         return 1
     summary = state.result()
+    if summary.get("references"):
+        print(f"\nreferences: {summary['url']} ({summary['inputs']} inputs)")
+        print(f"open them with: forge.open_references({summary['url']!r})")
+        return 0
     if "repr" not in summary:
         return 0
     print(summary["repr"])
@@ -123,10 +127,13 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
     from forge.build.append import describe_append, plan_append
     from forge.recipe.loading import load_recipe
+    from forge.recipe.recipes import ReferenceRecipe
 
     target_root = args.target_root or DEFAULT_TARGET_ROOT
     run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites, args.target_format)
     recipe = load_recipe(run.recipe).pruned(run.prune)
+    if isinstance(recipe, ReferenceRecipe):  # the flow's plan-append asks
+        return False
     run, new = plan_append(recipe, run)
     if not new or args.dry_run:
         print(describe_append(recipe, run, new, dry_run=True))
@@ -309,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
     run.add_argument("--debug", action="store_true", help="show every traceback in full")
     run.add_argument(
-        "--target-format", choices=["zarr", "icechunk"], help="the store's format (default: the recipe's)"
+        "--target-format",
+        choices=["zarr", "icechunk", "json", "parquet"],
+        help="the store's format (default: the recipe's; json and parquet: kerchunk references)",
     )
     run.set_defaults(func=cmd_run)
     srv = sub.add_parser("server", help="the Prefect server `forge run` keeps between runs")

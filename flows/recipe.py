@@ -13,6 +13,7 @@ from prefect.states import State
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
 from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure
+from flows.references import build_references
 from flows.reports import Progress, failed_run, source_text, summary_artifact
 from flows.runtime.gc_freeze import loaded_frozen
 from flows.runtime.settings_once import settings_serialized_once
@@ -24,6 +25,7 @@ from forge.build.types import RunSpec
 from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
 from forge.recipe.patterns import parse_rewrites
+from forge.recipe.recipes import ReferenceRecipe
 from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
 from tasks.catalog import update_catalog
 from tasks.finalize import finalize_target
@@ -101,6 +103,8 @@ def recipe(
     except ForgeError as e:  # the recipe does not load: say why, and where
         return failed_run(StageFailed("load-recipe", None, e), str(recipe))
     try:
+        if isinstance(recipe_for(run), ReferenceRecipe):
+            return build_references(run, append, dry_run)
         return build(run, append, dry_run)
     except StageFailed as failure:
         return failed_run(failure, run.recipe_id)

@@ -12,6 +12,7 @@ from forge.recipe.patterns import FileType as FileType  # noqa: E402
 from forge.recipe.patterns import Key as Key  # noqa: E402
 from forge.recipe.patterns import MergeDim as MergeDim  # noqa: E402
 from forge.recipe.patterns import pattern_from_file_sequence as pattern_from_file_sequence  # noqa: E402
+from forge.recipe.recipes import ReferenceRecipe as ReferenceRecipe  # noqa: E402
 from forge.recipe.recipes import XarrayZarrRecipe as XarrayZarrRecipe  # noqa: E402
 
 
@@ -28,3 +29,11 @@ def chunks_by_budget(budget: int | str = "100MB", fixed=None):
     from forge.build.chunking import chunks_by_budget as _chunks
 
     return _chunks(budget, fixed)
+
+
+def open_references(url: str):
+    """A reference store (``ReferenceRecipe``'s ``.icechunk``, ``.json`` or ``.parquet``) opened with
+    xarray, its chunks read from the sources: see :mod:`forge.build.references`."""
+    from forge.build.references import open_references as _open
+
+    return _open(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from forge.build.references import plan_reference_append, plan_references, reference_batch, write_references
 from forge.build.stages import (
     cache_batch,
     finalize,
@@ -15,13 +16,13 @@ from forge.build.target import describe
 from forge.build.types import RunSpec
 from forge.catalog.catalog import publish_catalog
 from forge.io.secrets import Lookup, env_lookup
-from forge.recipe.recipes import XarrayZarrRecipe
+from forge.recipe.recipes import Recipe, ReferenceRecipe
 
 
-def run_locally(
-    recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup = env_lookup, *, append: bool = False
-) -> dict:
+def run_locally(recipe: Recipe, run: RunSpec, lookup: Lookup = env_lookup, *, append: bool = False) -> dict:
     recipe = recipe.pruned(run.prune)
+    if isinstance(recipe, ReferenceRecipe):
+        return reference_locally(recipe, run, lookup, append=append)
     if append:
         run, new = plan_append(recipe, run, source_probe(recipe, run, lookup))
         if not new:
@@ -32,3 +33,13 @@ def run_locally(
     sessions = [store_batch(recipe, target, batch).session for batch in batches]
     summary = finalize(recipe, target, {"forge:runner": "local"}, sessions)
     return {**summary, "catalog": publish_catalog(run), "appended": target.appended}
+
+
+def reference_locally(recipe: ReferenceRecipe, run: RunSpec, lookup: Lookup, *, append: bool) -> dict:
+    if append:
+        run, new = plan_reference_append(recipe, run, source_probe(recipe, run, lookup))
+        if not new:
+            return {"url": run.target_url, "appended": 0}
+        recipe = recipe.pruned(run.prune)
+    refs = [ref for batch in plan_references(recipe, run) for ref in reference_batch(recipe, batch)]
+    return write_references(recipe, run, refs)

@@ -202,6 +202,20 @@ def assert_no_secret(text: str | bytes, forms: Sequence[str], where: str = "") -
     assert not found, f"secret forms {found} found {where}"
 
 
+def forge_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``forge ARGS...`` as a user types it, in this checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, **(env or {})},
+    )
+
+
 def forge_run_on_replica(
     recipe: str, work: Path, prune: int, env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess:
@@ -209,11 +223,4 @@ def forge_run_on_replica(
     (``replica/``, ``target/``, ``cache/``), in this checkout."""
     args = ["run", recipe, "--prune", str(prune), "--local-replica", "--replica-dir", str(work / "replica")]
     args += ["--target-root", str(work / "target"), "--cache-root", str(work / "cache")]
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=Path(__file__).parents[1],
-        env={**os.environ, **env},
-    )
+    return forge_cli(*args, env=env, timeout=timeout)

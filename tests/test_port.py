@@ -5,8 +5,6 @@ per run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,23 +15,12 @@ from forge.build.stages import run_spec_for
 from forge.errors import RecipeCodeError
 from forge.port.feedstock import port_path
 from forge.recipe.loading import load_recipe
-from forge.replicas.oisst import OisstReplica
 from forge.replicas.server import SourceServer
 from forge.run import run_locally
-from forge.testing import assert_same_dataset, forge_run_on_replica, open_sources, open_store
+from forge.testing import assert_same_dataset, forge_cli, forge_run_on_replica, open_sources, open_store
 
-REPO = Path(__file__).parents[1]
 ORIGINALS = Path(__file__).parent / "data" / "pangeo_forge"
 NCEI = "https://www.ncei.noaa.gov/"
-
-
-@pytest.fixture
-def replica(tmp_path):
-    """NCEI's server on loopback, in the product's layout (a small grid: the layout is what matters)."""
-    files = OisstReplica(tmp_path / "replica", nlat=36, nlon=72)
-    with SourceServer(generate=files.generate) as server:
-        server.files = files
-        yield server
 
 
 def build(ref: str, tmp_path: Path, server: SourceServer, prune: int) -> str:
@@ -66,13 +53,7 @@ def test_a_09_recipe_ports_and_builds_what_its_sources_hold(tmp_path, replica):
 
 def test_a_010_feedstock_ports_and_runs_as_a_flow_importing_its_module_once(tmp_path, prefect_server):
     out = tmp_path / "feedstock"
-    ported = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "port", str(ORIGINALS / "oisst-0.10"), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    ported = forge_cli("port", str(ORIGINALS / "oisst-0.10"), "-o", str(out), timeout=60)
     assert ported.returncode == 0, ported.stdout + ported.stderr
     for line in (
         "line 40: beam.Map(test_ds): a check of the finished store, now in tests=[...] (it fails the run)",

@@ -16,9 +16,10 @@ from forge.build.schema import InputSummary
 from forge.build.target import finalize_target, prepare_target
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.build.writers import store_batch
+from forge.errors import RecipeError
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
 from forge.recipe.meta import version_of
-from forge.recipe.recipes import XarrayZarrRecipe
+from forge.recipe.recipes import REFERENCE_FORMATS, TARGET_FORMATS, Recipe, ReferenceRecipe, XarrayZarrRecipe
 
 __all__ = [
     "cache_batch",
@@ -49,6 +50,11 @@ def run_spec_for(
     meta = source.meta()
     validation = meta.get("validation") or {}
     recipe = source.ref if Path(ref).exists() or "/" in ref else ref  # a path, resolved; an id stays
+    loaded = load_recipe(recipe)
+    formats = REFERENCE_FORMATS if isinstance(loaded, ReferenceRecipe) else TARGET_FORMATS
+    if target_format and target_format not in formats:
+        kind = type(loaded).__name__
+        raise RecipeError(f"a {kind} writes {' or '.join(formats)}, not {target_format!r}")
     return RunSpec(
         recipe,
         source.recipe_id,
@@ -57,14 +63,14 @@ def run_spec_for(
         prune,
         tuple((url_rewrites or {}).items()),
         workers=workers,
-        target_format=target_format or load_recipe(recipe).target_format,
+        target_format=target_format or loaded.target_format,
         max_missing_fraction=tuple(sorted((validation.get("max_missing_fraction") or {}).items())),
         version=version_of(meta),
         recipe_blob=frozen(recipe),
     )
 
 
-def recipe_for(run: RunSpec) -> XarrayZarrRecipe:
+def recipe_for(run: RunSpec) -> Recipe:
     """The recipe a run works on, pruned as the run asks: the one the run froze when it was planned
     (its module is not imported again), else loaded by its reference."""
     recipe = thawed(run.recipe_blob) if run.recipe_blob else load_recipe(run.recipe)

@@ -13,6 +13,7 @@ from pathlib import Path
 import xarray as xr
 import yaml
 
+from forge.build.references import open_references
 from forge.build.stages import run_spec_for
 from forge.build.target import published_store
 from forge.check.cf import check_cf
@@ -20,6 +21,7 @@ from forge.errors import ForgeError
 from forge.io.secrets import Lookup, env_lookup
 from forge.recipe.loading import find_recipe, load_recipe
 from forge.recipe.meta import problems
+from forge.recipe.recipes import ReferenceRecipe
 from forge.run import run_locally
 
 
@@ -61,10 +63,12 @@ def check_meta(meta_path: Path, report: Report) -> bool:
     return not found
 
 
-def _open(url: str, target_format: str, **kwargs) -> xr.Dataset:
+def _open(url: str, target_format: str, references: bool, **kwargs) -> xr.Dataset:
     consolidated = False if target_format == "icechunk" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        if references:
+            return open_references(url, **kwargs)
         return xr.open_zarr(published_store(url, target_format), consolidated=consolidated, **kwargs)
 
 
@@ -103,8 +107,9 @@ def check_recipe(
             report.errors.append(f"pruned build (first {prune} inputs): {what}")
             return report
         report.passed.append(f"pruned build of the first {prune} inputs")
-        raw = _open(run.target_url, run.target_format, decode_cf=False)
-        decoded = _open(run.target_url, run.target_format)
+        references = isinstance(recipe, ReferenceRecipe)
+        raw = _open(run.target_url, run.target_format, references, decode_cf=False)
+        decoded = _open(run.target_url, run.target_format, references)
         findings = check_cf(raw, decoded)
     report.errors += [f"CF: {e}" for e in findings.errors]
     report.warnings += [f"CF: {w}" for w in findings.warnings]

@@ -34,6 +34,7 @@ FORGE_NAMES = {
     "pattern_from_file_sequence",
     "XarrayZarrRecipe",
 }
+RENAMED = {"HDFReferenceRecipe": "ReferenceRecipe"}  # pangeo-forge's name -> forge's
 # 0.9's XarrayZarrRecipe: arguments forge takes as they are, and those it has no use for (and why)
 KEPT_ARGS = {"target_chunks", "process_input", "xarray_open_kwargs", "inputs_per_chunk", "subset_inputs"}
 DROPPED_ARGS = {
@@ -48,6 +49,25 @@ DROPPED_ARGS = {
     "storage_config": "storage is the run's --target-root and --cache-root",
     "delete_input_encoding": "forge keeps each variable's packing and the source's time encoding",
     "open_input_with_kerchunk": "forge opens inputs with xarray",
+}
+# 0.9's HDFReferenceRecipe: arguments forge takes as they are, and those it has no use for (and why)
+REFERENCE_KEPT_ARGS: set[str] = set()
+REFERENCE_DROPPED_ARGS = {
+    "output_json_fname": "the references are named after the recipe",
+    "output_intake_yaml_fname": "forge writes no intake catalog",
+    "netcdf_storage_options": "references are read without credentials",
+    "inline_threshold": "the dimension coordinates are copied into the references, the rest referenced",
+    "concat_dims": "the pattern's ConcatDim",
+    "identical_dims": "the dimension coordinates are loaded from the first input",
+    "target": "the references go under the run's --target-root",
+    "input_cache": "references point at the sources: nothing is cached",
+    "metadata_cache": "forge keeps no metadata cache",
+    "storage_config": "storage is the run's --target-root",
+}
+# Beam steps of a reference pipeline that forge's ReferenceRecipe does on its own
+REFERENCE_STEPS = {
+    "OpenWithKerchunk": "forge reads each input's metadata with VirtualiZarr",
+    "WriteCombinedReference": "forge combines the references and writes them",
 }
 # StoreToZarr's arguments forge takes as they are, and those it cannot
 STORE_ARGS = ("target_chunks", "attrs", "dynamic_chunking_fn", "dynamic_chunking_fn_kwargs")
@@ -255,6 +275,8 @@ class _Rewrite(cst.CSTTransformer):
             name = alias.name.value
             if root == "pangeo_forge_recipes" and name in FORGE_NAMES:
                 forge_names.append(name)
+            elif root == "pangeo_forge_recipes" and name in RENAMED:
+                forge_names.append(RENAMED[name])
             else:
                 gone.append(name)
                 self.dropped.add(alias.asname.name.value if alias.asname else name)
@@ -364,24 +386,35 @@ class _Rewrite(cst.CSTTransformer):
         return cst.FlattenSentinel([*wrappers, statement.with_changes(leading_lines=two)])
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        """0.9's ``XarrayZarrRecipe(...)``: the arguments forge has, the pattern first."""
-        if _name(original.func) != "XarrayZarrRecipe":
+        """0.9's ``XarrayZarrRecipe(...)`` and ``HDFReferenceRecipe(...)``: the arguments forge has, the
+        pattern first; references go to kerchunk JSON, as 0.9 wrote them."""
+        callee = _name(original.func)
+        if callee not in ("XarrayZarrRecipe", "HDFReferenceRecipe"):
             return updated
+        kept, dropped = KEPT_ARGS, DROPPED_ARGS
+        if callee == "HDFReferenceRecipe":
+            kept, dropped = REFERENCE_KEPT_ARGS, REFERENCE_DROPPED_ARGS
+            updated = updated.with_changes(func=cst.Name("ReferenceRecipe"))
+            self.note(original, 'HDFReferenceRecipe(...) -> ReferenceRecipe(..., target_format="json")')
         args = []
         for arg in updated.args:
             key = arg.keyword.value if arg.keyword else None
-            if key is None or key in KEPT_ARGS:
+            if key is None or key in kept:
                 args.append(arg)
             elif key == "file_pattern":
                 args.insert(0, arg.with_changes(keyword=None, equal=cst.MaybeSentinel.DEFAULT))
                 self.note(original, "file_pattern= -> the pattern as the first argument")
-            elif key in DROPPED_ARGS:
-                self.note(original, f"{key}=: dropped ({DROPPED_ARGS[key]})")
+            elif key in dropped:
+                self.note(original, f"{key}=: dropped ({dropped[key]})")
             else:
                 self.note(original, f"{key}=: forge has no equivalent; removed", False)
-        return updated.with_changes(
-            args=_tidy(args, updated.args[-1].comma if updated.args else cst.MaybeSentinel.DEFAULT)
-        )
+        last_comma = updated.args[-1].comma if updated.args else cst.MaybeSentinel.DEFAULT
+        if callee == "HDFReferenceRecipe":
+            tight = cst.AssignEqual(
+                whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")
+            )
+            args.append(cst.Arg(cst.SimpleString('"json"'), keyword=cst.Name("target_format"), equal=tight))
+        return updated.with_changes(args=_tidy(args, last_comma))
 
     def pipeline(
         self, where: cst.CSTNode, target: str, chain: Sequence[cst.BaseExpression]
@@ -397,6 +430,7 @@ class _Rewrite(cst.CSTTransformer):
         steps: list[_Step] = []
         tests: list[str] = []
         stored = False
+        recipe_class = "XarrayZarrRecipe"
         for step in chain[1:]:
             name = _callee(step)
             args = _kwargs(step) if isinstance(step, cst.Call) else {}
@@ -406,6 +440,14 @@ class _Rewrite(cst.CSTTransformer):
                 if "open_kwargs" in args:
                     fix = "give them to FilePattern(fsspec_open_kwargs=...)"
                     self.note(where, f"OpenURLWithFSSpec(open_kwargs=...): {fix}", False)
+            elif name in REFERENCE_STEPS:
+                recipe_class = "ReferenceRecipe"
+                self.note(where, f"{name}: {REFERENCE_STEPS[name]}")
+                if name == "WriteCombinedReference":
+                    stored = True
+                    output = args.get("output_file_name")
+                    parquet = output is not None and "parquet" in self.module.code_for_node(output)
+                    kwargs["target_format"] = '"parquet"' if parquet else '"json"'
             elif name == "OpenWithXarray":
                 if "xarray_open_kwargs" in args:
                     kwargs["xarray_open_kwargs"] = self.module.code_for_node(args["xarray_open_kwargs"])
@@ -436,16 +478,17 @@ class _Rewrite(cst.CSTTransformer):
                     self.note(where, f"{name}(...): its steps are now part of process_input")
             else:
                 self.note(where, f"{code}: a step forge cannot translate; removed", False)
-        self.needs.add("XarrayZarrRecipe")
+        self.needs.add(recipe_class)
+        if recipe_class == "ReferenceRecipe" and (steps or tests):
+            self.note(where, "steps on references or on the combined references: forge has none", False)
+            steps, tests = [], []
         if steps:
             kwargs["process_input"] = self.process_input(steps, target)
         if tests:
             kwargs["tests"] = f"[{', '.join(tests)}]"
-        self.note(where, "the Beam pipeline -> XarrayZarrRecipe(" + ", ".join([pattern, *kwargs]) + ")")
+        self.note(where, f"the Beam pipeline -> {recipe_class}(" + ", ".join([pattern, *kwargs]) + ")")
         return cst.parse_expression(
-            f"XarrayZarrRecipe(\n    {pattern},\n"
-            + "".join(f"    {k}={v},\n" for k, v in kwargs.items())
-            + ")"
+            f"{recipe_class}(\n    {pattern},\n" + "".join(f"    {k}={v},\n" for k, v in kwargs.items()) + ")"
         )
 
     def process_input(self, steps: Sequence[_Step], target: str) -> str:

@@ -20,7 +20,7 @@ import cloudpickle
 import yaml
 
 from forge.errors import ForgeError, RecipeError
-from forge.recipe.recipes import XarrayZarrRecipe
+from forge.recipe.recipes import Recipe, ReferenceRecipe, XarrayZarrRecipe
 
 
 def recipes_dir() -> Path:
@@ -128,7 +128,7 @@ def list_recipes() -> list[RecipeSource]:
     return found
 
 
-def load_recipe(ref: str) -> XarrayZarrRecipe:
+def load_recipe(ref: str) -> Recipe:
     """The recipe ``ref`` names (:func:`find_recipe`): its module imported once per process for each
     version of the file (kept workers serve many runs, and the file may change between them).
 
@@ -138,9 +138,11 @@ def load_recipe(ref: str) -> XarrayZarrRecipe:
     source = find_recipe(ref)
     module = _module(source.path, source.path.stat().st_mtime_ns)
     recipe = getattr(module, source.attr, None)
-    if not isinstance(recipe, XarrayZarrRecipe):
-        what = "XarrayZarrRecipe(...)"
-        raise RecipeError(f"{source.path} must define a module-level `{source.attr} = {what}`")
+    if not isinstance(recipe, XarrayZarrRecipe | ReferenceRecipe):
+        raise RecipeError(
+            f"{source.path} must define a module-level `{source.attr} = XarrayZarrRecipe(...)` "
+            "(or ReferenceRecipe(...))"
+        )
     return recipe
 
 
@@ -197,6 +199,6 @@ class _KeepFilenames(cloudpickle.Pickler):
 
 
 @functools.lru_cache(maxsize=8)
-def thawed(blob: bytes) -> XarrayZarrRecipe:
+def thawed(blob: bytes) -> Recipe:
     """The recipe :func:`frozen` made (once per process for each)."""
     return cloudpickle.loads(blob)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
 
 import xarray as xr
 
@@ -14,6 +14,7 @@ from forge.io.openers import get_opener
 from forge.recipe.patterns import FilePattern
 
 TARGET_FORMATS = ("zarr", "icechunk")
+REFERENCE_FORMATS = ("icechunk", "json", "parquet")
 ProcessInput = Callable[[xr.Dataset, str], xr.Dataset] | Callable[[xr.Dataset], xr.Dataset]
 
 
@@ -36,8 +37,24 @@ def _input_arity(fn: Callable) -> int:
     )
 
 
+class _OverPattern:
+    """What every recipe has: its pattern's concat dimension, and a pruned copy (a test build)."""
+
+    pattern: FilePattern
+
+    @property
+    def concat_dim(self) -> str | None:
+        concat = self.pattern.concat_dim
+        return concat.name if concat else None
+
+    def pruned(self, nkeep: int | None) -> Self:
+        if nkeep is None:
+            return self
+        return replace(self, pattern=self.pattern.prune(nkeep))
+
+
 @dataclass(frozen=True)
-class XarrayZarrRecipe:
+class XarrayZarrRecipe(_OverPattern):
     """Concatenate and merge the pattern's inputs into one Zarr store.
 
     Parameters
@@ -146,14 +163,53 @@ class XarrayZarrRecipe:
             raise RecipeCodeError(f"process_input returned {type(out).__name__} for {url}, not a Dataset")
         return out
 
-    @property
-    def concat_dim(self) -> str | None:
-        concat = self.pattern.concat_dim
-        return concat.name if concat else None
 
-    def pruned(self, nkeep: int | None) -> XarrayZarrRecipe:
-        if nkeep is None:
-            return self
-        from dataclasses import replace
+@dataclass(frozen=True)
+class ReferenceRecipe(_OverPattern):
+    """Virtual references to the pattern's inputs instead of a copy of their chunks (VirtualiZarr): the
+    store says where each chunk is in which source file, readers fetch it from there. pangeo-forge's
+    ``HDFReferenceRecipe`` and ``OpenWithKerchunk | WriteCombinedReference``.
 
-        return replace(self, pattern=self.pattern.prune(nkeep))
+    Parameters
+    ----------
+    pattern
+        The inputs (netcdf4, hdf5 or netcdf3), referenced at their URLs after the run's rewrites; they
+        must stay where they are, and be readable without credentials.
+    target_format
+        ``"icechunk"`` (default): an Icechunk repository, ``{recipe_id}.icechunk``, with a virtual chunk
+        container per source host, every build or append one commit. ``"json"`` or ``"parquet"``:
+        kerchunk references, ``{recipe_id}.json`` or ``{recipe_id}.parquet``.
+    loadable_variables
+        Variables copied into the store rather than referenced; default: the dimension coordinates.
+    attrs
+        Extra global attributes for the target.
+    max_concurrency_per_host, cache_batch_size
+        As for :class:`XarrayZarrRecipe`: inputs are referenced in batches per source host.
+    """
+
+    pattern: FilePattern
+    target_format: str = "icechunk"
+    loadable_variables: tuple[str, ...] | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    max_concurrency_per_host: int = 4
+    cache_batch_size: int = 2500
+
+    def __post_init__(self) -> None:
+        if self.target_format not in REFERENCE_FORMATS:
+            raise ValueError(f"target_format must be one of {REFERENCE_FORMATS}, not {self.target_format!r}")
+        if self.pattern.file_type not in ("netcdf4", "hdf5", "netcdf3"):
+            raise RecipeError(
+                f"references can point into netcdf4, hdf5 or netcdf3 files, not {self.pattern.file_type}"
+            )
+        if self.pattern.query_string_secrets or self.pattern.fsspec_open_kwargs:
+            raise RecipeError(
+                "a reference store is read without the recipe's credentials: its sources must be public "
+                "(no fsspec_open_kwargs or query_string_secrets)"
+            )
+        if self.max_concurrency_per_host < 1:
+            raise ValueError("max_concurrency_per_host must be >= 1")
+        if self.loadable_variables is not None:
+            object.__setattr__(self, "loadable_variables", tuple(self.loadable_variables))
+
+
+Recipe = XarrayZarrRecipe | ReferenceRecipe

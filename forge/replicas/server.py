@@ -202,11 +202,23 @@ class SourceServer:
                 body = server._resolve(path)
                 if body is None:
                     return self._send(404, b"not found")
+                status, headers = HTTPStatus.OK, {}
+                span = _byte_range(self.headers.get("Range"), len(body))
+                if span is not None:  # readers of references fetch just the bytes of a chunk
+                    start, stop = span
+                    status, headers = (
+                        HTTPStatus.PARTIAL_CONTENT,
+                        {"Content-Range": f"bytes {start}-{stop - 1}/{len(body)}"},
+                    )
+                    body = body[start:stop]
                 self._answering()
                 with server._lock:
-                    server.statuses[200] += 1
-                self.send_response(HTTPStatus.OK)
+                    server.statuses[status] += 1
+                self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Accept-Ranges", "bytes")
+                for k, v in headers.items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command == "HEAD":
@@ -234,3 +246,19 @@ class SourceServer:
                 return header == expected
 
         return Handler
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, stop)`` of a single-range ``Range: bytes=a-b`` (or ``a-``, ``-n``) header; None for no
+    header or one this server answers in full (several ranges, or not satisfiable)."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes=") :].strip().partition("-")
+    try:
+        if not first:
+            start, stop = max(size - int(last), 0), size
+        else:
+            start, stop = int(first), min(int(last) + 1, size) if last else size
+    except ValueError:
+        return None
+    return (start, stop) if start < stop else None

@@ -1,0 +1,45 @@
+"""The ``recipe`` flow's stages for a :class:`~forge.recipe.recipes.ReferenceRecipe`: reference the
+inputs in batches (on the task runner) -> write the combined references."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger
+
+from flows.outcomes import StageFailed, first_failure
+from flows.reports import Progress
+from forge.build.references import plan_references
+from forge.build.stages import recipe_for
+from forge.build.types import RunSpec
+from tasks.common import Opaque
+from tasks.references import plan_reference_append_run, reference_inputs, write_reference_store
+
+
+def build_references(run: RunSpec, append: bool, dry_run: bool) -> dict:
+    """The stages, in order; a stage that fails raises :class:`StageFailed` with its cause."""
+    t0 = time.perf_counter()
+    if append:
+        try:
+            run, new = plan_reference_append_run(run)
+        except Exception as e:
+            raise StageFailed("plan-append", None, e) from e
+        get_run_logger().info("%s: %d new input(s) to reference", run.target_url, new)
+        if dry_run or not new:
+            return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
+
+    batches = plan_references(recipe_for(run), run)
+    referenced = Progress(f"inputs referenced for {run.recipe_id}", sum(len(b.items) for b in batches))
+    futures = [reference_inputs.submit(Opaque(b), run) for b in batches]
+    for batch, future in zip(batches, futures, strict=True):
+        future.wait()
+        referenced.advance(len(batch.items))
+    if failed := first_failure("reference", futures, [b.label for b in batches]):
+        raise failed
+    try:
+        summary = write_reference_store(run, [f.result() for f in futures])
+    except Exception as e:
+        raise StageFailed("write-references", None, e) from e
+    summary["timings"] = {"total": time.perf_counter() - t0}
+    print(f"references ready: {summary['url']}" + (f" (appended {summary['appended']})" if append else ""))
+    return summary

@@ -1,0 +1,346 @@
+"""Reference (virtual) stores: the inputs' chunks stay where they are, the target holds where each one
+is (VirtualiZarr manifests), written to an Icechunk repository with virtual chunk containers or to
+kerchunk references (JSON or Parquet).
+
+plan (:func:`plan_references`) -> reference each batch of inputs (:func:`reference_batch`, only
+metadata is read) -> combine and write (:func:`write_references`); in append mode only the inputs
+beyond those the store already references, up to the source's frontier (:func:`plan_reference_append`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import fsspec
+import xarray as xr
+
+from forge.build.caching import plan_cache
+from forge.build.types import CacheBatch, RunSpec
+from forge.errors import ForgeError
+from forge.recipe.patterns import Key, rewrite_url
+from forge.recipe.recipes import ReferenceRecipe
+
+INPUTS_ATTR = "forge:referenced_inputs"  # concat positions the store references, for appends
+
+
+class UnreferenceableInput(ForgeError):
+    """An input could not be referenced (not found, not a format VirtualiZarr reads)."""
+
+
+def source_url(url: str) -> str:
+    """``url`` as references name it: a local path becomes a ``file://`` URL."""
+    if "://" in url:
+        return url
+    return Path(url).resolve().as_uri()
+
+
+def prefix_of(url: str) -> str:
+    """The store a source lives in: ``scheme://host/`` (``file:///`` for local files)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
+def plan_references(recipe: ReferenceRecipe, run: RunSpec) -> list[CacheBatch]:
+    """The inputs in batches, by source host (as the cache stage plans them), named ``reference-NNNN``."""
+    batches = plan_cache(recipe, run)
+    return [replace(b, label=f"reference-{i:04d}") for i, b in enumerate(batches)]
+
+
+def _registry(urls: Sequence[str]):
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import from_url
+
+    stores = {}
+    for url in urls:
+        prefix = prefix_of(url)
+        if prefix not in stores:
+            options = {"client_options": {"allow_http": True}} if prefix.startswith("http") else {}
+            stores[prefix] = from_url(prefix, **options)
+    return ObjectStoreRegistry(stores)
+
+
+def _parser(file_type: str):
+    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+
+    if file_type in ("netcdf4", "hdf5"):
+        return HDFParser()
+    if file_type == "netcdf3":
+        return NetCDF3Parser()
+    raise ForgeError(f"reference recipes read netcdf4, hdf5 or netcdf3 inputs, not {file_type!r}")
+
+
+def reference_batch(recipe: ReferenceRecipe, batch: CacheBatch) -> list[tuple[Key, xr.Dataset]]:
+    """Each input of ``batch`` as a virtual dataset: its variables' chunk manifests (file, offset,
+    length), its coordinates loaded. Reads only the inputs' metadata."""
+    from virtualizarr import open_virtual_dataset
+
+    urls = [source_url(item.fetch_url) for item in batch.items]
+    registry = _registry(urls)
+    parser = _parser(recipe.pattern.file_type)
+    out = []
+    for item, url in zip(batch.items, urls, strict=True):
+        try:
+            vds = open_virtual_dataset(
+                url, registry=registry, parser=parser, loadable_variables=recipe.loadable_variables
+            )
+        except FileNotFoundError as e:
+            raise UnreferenceableInput(f"{item.url}: not found at the source ({url})") from e
+        except Exception as e:
+            raise UnreferenceableInput(f"{item.url}: cannot be referenced: {type(e).__name__}: {e}") from e
+        out.append((item.key, vds))
+    return out
+
+
+def combine(recipe: ReferenceRecipe, refs: Sequence[tuple[Key, xr.Dataset]]) -> xr.Dataset:
+    """The inputs' virtual datasets as one: concatenated along the concat dimension (in key order),
+    merged across merge dimensions."""
+    concat = recipe.concat_dim
+    groups: dict[tuple, list[tuple[Key, xr.Dataset]]] = {}
+    for key, vds in refs:
+        merge_at = tuple((d.name, key[d.name]) for d in recipe.pattern.merge_dims)
+        groups.setdefault(merge_at, []).append((key, vds))
+    parts = []
+    for members in groups.values():
+        members.sort(key=lambda kv: kv[0][concat] if concat else 0)
+        datasets = [vds for _, vds in members]
+        if concat and len(datasets) > 1:
+            parts.append(_concat(datasets, concat))
+        else:
+            parts.append(datasets[0])
+    if len(parts) == 1:
+        return parts[0]
+    return xr.merge(parts, compat="override", combine_attrs="drop_conflicts")
+
+
+def _concat(datasets: Sequence[xr.Dataset], dim: str, attrs: str = "drop_conflicts") -> xr.Dataset:
+    """Virtual datasets end to end along ``dim``; the rest (coordinates along other dimensions) from the
+    first: its references are the same file's."""
+    return xr.concat(datasets, dim=dim, coords="minimal", compat="override", combine_attrs=attrs)
+
+
+def _attrs(recipe: ReferenceRecipe, run: RunSpec, source: dict, n_inputs: int) -> dict:
+    attrs = {**source, **recipe.attrs, INPUTS_ATTR: n_inputs, "forge:recipe_id": run.recipe_id}
+    if run.version:
+        attrs["forge:version"] = run.version
+    return attrs
+
+
+def agreed(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
+    """The attributes of a store extended by inputs with attributes ``new``: those all inputs agree on
+    (as a build keeps them), and forge's own from ``new``."""
+    kept = {k: v for k, v in old.items() if new.get(k, v) == v}
+    return {**kept, **{k: v for k, v in new.items() if k.startswith("forge:")}}
+
+
+def write_references(
+    recipe: ReferenceRecipe, run: RunSpec, refs: Sequence[tuple[Key, xr.Dataset]], message: str = ""
+) -> dict:
+    """Write (or, with ``run.append_from`` set, extend) the target with ``refs``. An Icechunk target gets
+    one commit; kerchunk references are written whole, in one write, after the new ones are combined
+    with what the target already references."""
+    vds = combine(recipe, refs)
+    concat = recipe.concat_dim
+    before = run.append_from or 0
+    n_new = len({key[concat] for key, _ in refs}) if concat else len(refs)
+    vds.attrs = _attrs(recipe, run, vds.attrs, before + n_new)
+    if run.target_format == "icechunk":
+        snapshot = _write_icechunk(vds, run, concat if before else None, message)
+        extra = {"snapshot": snapshot}
+    else:
+        if before:
+            old = _referenced(run.target_url, vds)
+            attrs = agreed(old.attrs, vds.attrs)
+            vds = _concat([old, vds], concat, "override")  # variables' attributes: the store's
+            vds.attrs = attrs
+        _write_kerchunk(vds, run)
+        extra = {}
+    appended = n_new if before else 0
+    return {
+        "url": run.target_url,
+        "references": True,
+        "inputs": before + n_new,
+        "appended": appended,
+        **extra,
+    }
+
+
+def _referenced(url: str, like: xr.Dataset) -> xr.Dataset:
+    """What the kerchunk references at ``url`` hold, as a virtual dataset like ``like``: its references
+    read back (VirtualiZarr), the variables ``like`` holds in memory read through them."""
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import from_url
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.manifests import ManifestArray
+    from virtualizarr.parsers import KerchunkJSONParser, KerchunkParquetParser
+
+    loaded = [n for n, v in like.variables.items() if not isinstance(v.data, ManifestArray)]
+    parser_type = KerchunkJSONParser if url.endswith(".json") else KerchunkParquetParser
+    target = source_url(url)
+    registry = ObjectStoreRegistry({prefix_of(target): from_url(prefix_of(target))})
+    vds = open_virtual_dataset(
+        target, registry=registry, parser=parser_type(skip_variables=loaded), loadable_variables=[]
+    )
+    values = open_references(url)[loaded].load()
+    return vds.assign_coords({n: values[n].variable for n in loaded if n in like.coords}).assign(
+        {n: values[n].variable for n in loaded if n not in like.coords}
+    )
+
+
+def _containers(vds: xr.Dataset) -> list[str]:
+    """The URL prefixes of the stores the references point into: ``scheme://host/``, and for local
+    files the folder that holds them all (Icechunk wants a path)."""
+    from virtualizarr.manifests import ManifestArray
+
+    prefixes, local = set(), set()
+    for var in vds.variables.values():
+        if isinstance(var.data, ManifestArray):
+            for path in var.data.manifest._paths.ravel():
+                if not path:
+                    continue
+                if str(path).startswith("file://"):
+                    local.add(os.path.dirname(urlsplit(str(path)).path))
+                else:
+                    prefixes.add(prefix_of(str(path)))
+    if local:
+        prefixes.add(Path(os.path.commonpath(sorted(local))).as_uri().rstrip("/") + "/")
+    return sorted(prefixes)
+
+
+def _container_store(prefix: str):
+    import icechunk
+
+    parts = urlsplit(prefix)
+    scheme = parts.scheme
+    if scheme in ("http", "https") and parts.port not in (None, 80, 443):
+        # Icechunk 1.1 reads http://host:port/... chunk locations at http://host/... (fixed in 2.x,
+        # earth-mover/icechunk#2224, which needs Python 3.12)
+        raise ForgeError(
+            f"Icechunk 1.1 cannot read virtual chunks from {prefix} (a port other than 80 or 443): use "
+            "target_format='json' or 'parquet' for these sources"
+        )
+    if scheme in ("http", "https"):
+        return icechunk.http_store()
+    if scheme == "file":
+        return icechunk.local_filesystem_store(urlsplit(prefix).path)
+    if scheme == "s3":
+        return icechunk.s3_store(from_env=True)
+    if scheme in ("gs", "gcs"):
+        return icechunk.gcs_store()
+    raise ForgeError(f"Icechunk cannot hold references to {prefix} sources")
+
+
+def _repository(url: str, prefixes: Sequence[str] = (), create: bool = False):
+    """The Icechunk repository at ``url``, with a virtual chunk container for each of ``prefixes``
+    (added to its config) and read access to all of its containers."""
+    import icechunk
+
+    from forge.publish.icechunk import storage_for
+
+    storage = storage_for(url)
+    if create or not icechunk.Repository.exists(storage):
+        config = icechunk.RepositoryConfig.default()
+        for prefix in prefixes:
+            config.set_virtual_chunk_container(
+                icechunk.VirtualChunkContainer(prefix, _container_store(prefix))
+            )
+        repo = icechunk.Repository.create(storage, config=config)
+    else:
+        config = icechunk.Repository.fetch_config(storage) or icechunk.RepositoryConfig.default()
+        known = set((config.virtual_chunk_containers or {}).keys())
+        missing = [p for p in prefixes if not any(p.startswith(k) for k in known)]
+        for prefix in missing:
+            config.set_virtual_chunk_container(
+                icechunk.VirtualChunkContainer(prefix, _container_store(prefix))
+            )
+        repo = icechunk.Repository.open(storage, config=config if missing else None)
+        if missing:
+            repo.save_config()
+    containers = set((repo.config.virtual_chunk_containers or {}).keys()) | set(prefixes)
+    return icechunk.Repository.open(storage, authorize_virtual_chunk_access=dict.fromkeys(containers))
+
+
+def _write_icechunk(vds: xr.Dataset, run: RunSpec, append_dim: str | None, message: str) -> str:
+    import zarr
+
+    repo = _repository(run.target_url, _containers(vds), create=append_dim is None)
+    session = repo.writable_session("main")
+    before = dict(zarr.open_group(session.store, mode="r").attrs) if append_dim else {}
+    vds.vz.to_icechunk(session.store, append_dim=append_dim)
+    if append_dim:  # to_icechunk wrote the new inputs' attributes
+        zarr.open_group(session.store, mode="r+").attrs.put(agreed(before, vds.attrs))
+    return session.commit(message or f"forge: references to {vds.attrs[INPUTS_ATTR]} inputs")
+
+
+def _write_kerchunk(vds: xr.Dataset, run: RunSpec) -> None:
+    """JSON: one write of the whole file (readers see the old references or the new, never a mix);
+    Parquet: a directory of record files, written by VirtualiZarr."""
+    if run.target_format == "json":
+        refs = vds.vz.to_kerchunk(format="dict")
+        with fsspec.open(run.target_url, "w") as f:
+            json.dump(refs, f)
+    else:
+        fs, path = fsspec.core.url_to_fs(run.target_url)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        vds.vz.to_kerchunk(run.target_url, format="parquet")
+
+
+def referenced_inputs(run: RunSpec) -> int | None:
+    """How many concat positions the target references (None: there is no target yet)."""
+    try:
+        ds = open_references(run.target_url)
+    except FileNotFoundError:
+        return None
+    return int(ds.attrs.get(INPUTS_ATTR, 0))
+
+
+def plan_reference_append(
+    recipe: ReferenceRecipe, run: RunSpec, exists: Callable[[str], bool]
+) -> tuple[RunSpec, int]:
+    """The run that references what is new: the pattern's inputs beyond those the target references,
+    up to the first one the source does not have yet. Returns it and how many inputs it adds."""
+    done = referenced_inputs(run)
+    if done is None:
+        raise ForgeError(f"{run.target_url}: nothing to append to (build the references first)")
+    concat = recipe.concat_dim
+    keys = sorted({key[concat] for key in recipe.pattern}) if concat else []
+    present = done
+    for position in keys[done:]:
+        urls = [url for key, url in recipe.pattern.items() if key[concat] == position]
+        if not all(exists(rewrite_url(u, run.url_rewrites)) for u in urls):
+            break
+        present += 1
+    return replace(run, append_from=done, prune=present), present - done
+
+
+def open_references(url: str, **kwargs) -> xr.Dataset:
+    """A reference store as xarray opens it (lazily), reading chunks from the sources; ``kwargs`` go to
+    ``xr.open_zarr``."""
+    if url.rstrip("/").endswith(".icechunk"):
+        import icechunk
+
+        from forge.publish.icechunk import storage_for
+
+        if not icechunk.Repository.exists(storage_for(url)):
+            raise FileNotFoundError(url)
+        repo = _repository(url)
+        return xr.open_zarr(repo.readonly_session("main").store, consolidated=False, zarr_format=3, **kwargs)
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise FileNotFoundError(url)
+    # zarr-python 3 reads through an async filesystem: the references', and the sources' behind them
+    from zarr.storage import FsspecStore
+
+    refs = fsspec.filesystem(
+        "reference",
+        fo=url,
+        remote_options={"asynchronous": True},
+        asynchronous=True,
+    )
+    return xr.open_zarr(FsspecStore(refs, read_only=True), consolidated=False, zarr_format=2, **kwargs)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from forge.build.references import plan_reference_append, reference_batch, write_references
+from forge.build.stages import source_probe
+from forge.build.types import CacheBatch, RunSpec
+from forge.recipe.patterns import Key
+from tasks.common import Opaque, recipe_for, secret_lookup, stage
+
+
+@stage(name="plan-append")
+def plan_reference_append_run(run: RunSpec) -> tuple[RunSpec, int]:
+    """The inputs beyond those the references hold, up to the source's frontier."""
+    recipe = recipe_for(run)
+    return plan_reference_append(recipe, run, source_probe(recipe, run, secret_lookup))
+
+
+@stage(
+    name="reference-inputs",
+    task_run_name="{batch.value.label}",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_jitter_factor=0.5,
+)
+def reference_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[tuple[Key, object]]]:
+    """The batch's inputs as virtual datasets (their metadata read, their chunks located)."""
+    return Opaque(reference_batch(recipe_for(run), batch.value))
+
+
+@stage(name="write-references", retries=2, retry_delay_seconds=10)
+def write_reference_store(run: RunSpec, batches: list[Opaque[list[tuple[Key, object]]]]) -> dict:
+    """Combine the inputs' references and write them: one Icechunk commit, or one kerchunk file."""
+    refs = [ref for batch in batches for ref in batch.value]
+    return write_references(recipe_for(run), run, refs)

@@ -1,0 +1,145 @@
+"""Reference recipes: pangeo-forge's ``HDFReferenceRecipe`` (0.9) and ``OpenWithKerchunk |
+WriteCombinedReference`` (0.10) ported with ``forge port``, then built against the loopback replica of
+NCEI's server (real NCEI URLs, rewritten) into kerchunk JSON, kerchunk Parquet and an Icechunk repository
+with virtual chunks. Each time the references, opened with xarray, read values identical to the sources,
+from the sources (their bytes fetched by range), and an append references only the new inputs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import icechunk
+import pandas as pd
+import pytest
+
+from forge import ConcatDim, FilePattern, ReferenceRecipe
+from forge.build.references import INPUTS_ATTR, open_references
+from forge.build.stages import run_spec_for
+from forge.errors import ForgeError, RecipeError
+from forge.port.feedstock import port_path
+from forge.recipe.loading import load_recipe
+from forge.replicas.oisst import OisstReplica, oisst_url
+from forge.run import run_locally
+from forge.testing import assert_same_dataset, forge_cli, open_sources
+
+ORIGINALS = Path(__file__).parent / "data" / "pangeo_forge" / "oisst-references"
+NCEI = "https://www.ncei.noaa.gov/"
+
+
+def assert_references_match(url: str, sources: list[Path], n: int) -> None:
+    """The references read what the first ``n`` sources hold, and say how many inputs they reference."""
+    refs = open_references(url).load()
+    assert refs.attrs.pop(INPUTS_ATTR) == n
+    refs.attrs = {k: v for k, v in refs.attrs.items() if not k.startswith("forge:")}
+    assert_same_dataset(refs, open_sources(sorted(sources)[:n]))
+
+
+def test_a_09_reference_recipe_ports_and_its_json_references_read_the_sources(tmp_path, replica):
+    [ported] = port_path(ORIGINALS / "recipe_09.py", tmp_path / "oisst_refs.py")
+    assert 'line 18: HDFReferenceRecipe(...) -> ReferenceRecipe(..., target_format="json")' in map(
+        str, ported.notes
+    )
+    assert not ported.untranslated
+    ref, rewrites = str(ported.written), {NCEI: replica.url + "/"}
+    run = run_spec_for(ref, str(tmp_path / "target"), str(tmp_path / "cache"), 2, rewrites)
+    url = run_locally(load_recipe(ref), run)["url"]
+    assert url.endswith("oisst_refs.json")
+    sources = lambda: list(replica.files.directory.rglob("*.nc"))  # noqa: E731
+    replica.reset_counts()
+    assert_references_match(url, sources(), 2)
+    # Chunks come from the sources, by range: no source file is read whole.
+    assert replica.statuses[206] > 0 and replica.statuses[200] == 0
+    assert not (tmp_path / "cache").exists()  # nothing copied
+
+    appended = run_locally(
+        load_recipe(ref), run_spec_for(ref, run.target_root, run.cache_root, 4, rewrites), append=True
+    )
+    assert (appended["inputs"], appended["appended"]) == (4, 2)
+    assert_references_match(url, sources(), 4)
+
+
+def test_an_icechunk_reference_store_commits_each_run_and_appends(tmp_path):
+    """Virtual chunks in local files (Icechunk 1.1 cannot read them from an HTTP server on a port other
+    than 80 or 443, which the recipe is told up front)."""
+    files = OisstReplica(tmp_path / "replica", nlat=36, nlon=72)
+    days = pd.date_range("1981-09-01", periods=3)
+    paths = [files.generate(urlsplit(oisst_url(day)).path) for day in days]
+    root = paths[0].parents[1].as_uri() + "/"  # .../36x72/ holds {yyyymm}/oisst-....nc, as NCEI does
+    recipe = tmp_path / "refs.py"
+    recipe.write_text(
+        "import pandas as pd\nfrom forge import ConcatDim, FilePattern, ReferenceRecipe\n"
+        "from forge.replicas.oisst import oisst_url\n\n"
+        'days = pd.date_range("1981-09-01", "1981-09-30")\n'
+        "def url(time):\n    return oisst_url(time)\n\n"
+        'pattern = FilePattern(url, ConcatDim("time", days, nitems_per_file=1))\n'
+        'recipe = ReferenceRecipe(pattern, target_format="icechunk")\n'
+    )
+    rewrites = {f"{NCEI}data/sea-surface-temperature-optimum-interpolation/v2.1/access/avhrr/": root}
+    run = run_spec_for(str(recipe), str(tmp_path / "target"), str(tmp_path / "cache"), 2, rewrites)
+    url = run_locally(load_recipe(str(recipe)), run)["url"]
+    assert url.endswith("refs.icechunk")
+    assert_references_match(url, paths, 2)
+    # Two days exist at the source of the 30 the pattern names, and a third lands: the append takes it.
+    appended = run_locally(
+        load_recipe(str(recipe)),
+        run_spec_for(str(recipe), run.target_root, run.cache_root, None, rewrites),
+        append=True,
+    )
+    assert (appended["inputs"], appended["appended"]) == (3, 1)
+    assert_references_match(url, paths, 3)
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(url))
+    assert len(list(repo.ancestry(branch="main"))) == 3  # the repository's first commit, then one per run
+
+
+def url_of(time: pd.Timestamp) -> str:
+    return oisst_url(time)
+
+
+def test_references_refuse_what_they_cannot_hold(tmp_path, replica):
+    days = pd.date_range("1981-09-01", periods=2)
+    pattern = FilePattern(url_of, ConcatDim("time", days, nitems_per_file=1))
+    with pytest.raises(RecipeError, match="read without the recipe's credentials"):
+        ReferenceRecipe(FilePattern(url_of, ConcatDim("time", days), query_string_secrets={"token": "TOKEN"}))
+    recipe = tmp_path / "refs.py"
+    recipe.write_text(
+        "import pandas as pd\nfrom forge import ConcatDim, FilePattern, ReferenceRecipe\n"
+        "from forge.replicas.oisst import oisst_url\n\n"
+        "def url(time):\n    return oisst_url(time)\n\n"
+        'pattern = FilePattern(url, ConcatDim("time", pd.date_range("1981-09-01", periods=2)))\n'
+        "recipe = ReferenceRecipe(pattern)\n"
+    )
+    with pytest.raises(RecipeError, match="writes icechunk or json or parquet, not 'zarr'"):
+        run_spec_for(str(recipe), str(tmp_path), str(tmp_path), 2, None, "zarr")
+    run = run_spec_for(str(recipe), str(tmp_path / "target"), str(tmp_path), 2, {NCEI: replica.url + "/"})
+    with pytest.raises(ForgeError, match=f"cannot read virtual chunks from {replica.url}/ "):
+        run_locally(ReferenceRecipe(pattern), run)
+
+
+def test_a_010_reference_pipeline_ports_and_runs_as_a_flow_then_appends(tmp_path, replica, prefect_server):
+    out = tmp_path / "refs.py"
+    ported = forge_cli("port", str(ORIGINALS / "recipe_010.py"), "-o", str(out), timeout=60)
+    assert ported.returncode == 0, ported.stdout + ported.stderr
+    assert "the Beam pipeline -> ReferenceRecipe(pattern, target_format)" in ported.stdout
+    # The replica outlives the runs (references point at it), so not --local-replica
+    args = ["--url-rewrite", f"{NCEI}={replica.url}/", "--target-root", str(tmp_path / "target")]
+    env = {"PREFECT_API_URL": prefect_server}
+
+    def forge_run(*extra: str) -> subprocess.CompletedProcess:
+        return forge_cli("run", str(out), *args, *extra, env=env)
+
+    url = str(tmp_path / "target" / "refs.parquet")
+    built = forge_run("--prune", "2")
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert f"references: {url} (2 inputs)" in built.stdout
+    logs = built.stdout + built.stderr
+    for task in ("reference-0000", "write-references"):
+        assert f"Task run '{task}' - Finished in state Completed()" in logs
+    sources = lambda: list(replica.files.directory.rglob("*.nc"))  # noqa: E731
+    assert_references_match(url, sources(), 2)
+
+    appended = forge_run("--append", "--prune", "3")
+    assert appended.returncode == 0, appended.stdout[-3000:] + appended.stderr[-3000:]
+    assert f"references: {url} (3 inputs)" in appended.stdout
+    assert_references_match(url, sources(), 3)
