@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
@@ -71,6 +73,36 @@ def test_merge_dim_per_variable_files(served, run_spec):
     pattern = FilePattern(url, MergeDim("variable", ["tas", "pr"]), ConcatDim("time", [0, 1, 2]))
     out = run_locally(XarrayZarrRecipe(pattern, target_chunks={"time": 4}), run_spec())
     assert_store_matches(out["url"], paths)
+
+
+def test_a_variable_along_time_in_every_merged_file_is_kept_once(served, run_spec, tmp_path):
+    """Climatologies repeat ``climatology_bounds(time, nv)`` in each variable's files: kept once if it is
+    the same in all of them, refused naming both files if not."""
+    ds = make_dataset(6, variables=("tas", "pr"))
+    ds["climatology_bounds"] = (("time", "nv"), np.arange(12.0).reshape(6, 2))
+    paths = []
+    for name in ("tas", "pr"):
+        for i in range(3):
+            paths.append(Path(served.root) / f"{name}_{i:04d}.nc")
+            ds.isel(time=slice(2 * i, 2 * i + 2))[[name, "climatology_bounds"]].to_netcdf(paths[-1])
+
+    def url(variable: str, time: int) -> str:
+        return f"{served.url}/{variable}_{time:04d}.nc"
+
+    recipe = XarrayZarrRecipe(
+        FilePattern(url, MergeDim("variable", ["tas", "pr"]), ConcatDim("time", [0, 1, 2]))
+    )
+    out = run_locally(recipe, run_spec())
+    assert_store_matches(out["url"], paths)
+
+    ds.isel(time=slice(2, 4))[["pr"]].assign(climatology_bounds=ds.climatology_bounds[2:4] + 1).to_netcdf(
+        paths[4]
+    )
+    shutil.rmtree(tmp_path / "cache")  # the changed file is fetched again
+    with pytest.raises(
+        InputError, match=rf"'climatology_bounds' along 'time' .* differs: {url('pr', 1)} and"
+    ):
+        run_locally(recipe, run_spec(recipe_id="other"))
 
 
 def test_hourly_files_with_their_own_time_units(served, run_spec):

@@ -46,6 +46,10 @@ class InputSummary:
     variables: tuple[VariableSummary, ...]
     attrs: dict[str, Any]
     concat_values: np.ndarray | None = None
+    # Digests of the small variables along the concat dimension (bounds, climatology_bounds): a merge may
+    # find the same one in several inputs, and keeps it once if they agree. Kept apart from ``variables``,
+    # which inputs of one product share.
+    concat_digests: dict[str, str] = field(default_factory=dict)
 
     def variable(self, name: str) -> VariableSummary | None:
         return next((v for v in self.variables if v.name == name), None)
@@ -101,6 +105,10 @@ class Template:
             )
         h.update(_sorted_repr(self.concat_encoding).encode())
         return h.hexdigest()
+
+
+# The largest variable along the concat dimension (per input) whose values are compared across merged inputs
+COMPARED_ALONG_CONCAT = 1 << 16
 
 
 def _sorted_repr(d: Mapping) -> str:
@@ -164,6 +172,11 @@ def summarize(
     concat_values = None
     if concat_dim is not None and concat_dim in ds.variables:
         concat_values = np.asarray(ds[concat_dim].values)
+    concat_digests = {
+        str(name): _digest(var.values)
+        for name, var in ds.variables.items()
+        if concat_dim in var.dims and name != concat_dim and var.nbytes <= COMPARED_ALONG_CONCAT
+    }
     return InputSummary(
         key=key,
         url=url,
@@ -173,6 +186,7 @@ def summarize(
         variables=tuple(variables),
         attrs=dict(ds.attrs),
         concat_values=concat_values,
+        concat_digests=concat_digests,
     )
 
 
@@ -204,6 +218,25 @@ def share_equal_parts(summaries: Sequence[InputSummary]) -> list[InputSummary]:
         unchanged = dims is s.dims and variables is s.variables and attrs is s.attrs
         out.append(s if unchanged else replace(s, dims=dims, variables=variables, attrs=attrs))
     return out
+
+
+def _differs_along_concat(
+    name: str, kept: Sequence[InputSummary], other: Sequence[InputSummary], concat_dim: str
+) -> str | None:
+    """Why ``name``, a variable along the concat dimension in two merged groups of inputs, cannot be
+    kept once (None: it is the same in both at every position)."""
+    at = {s.key[concat_dim]: s for s in kept}
+    for s in other:
+        first = at.get(s.key[concat_dim])
+        mine, theirs = s.concat_digests.get(name), first.concat_digests.get(name) if first else None
+        if mine is None or theirs is None:
+            return f"variable {name!r} along {concat_dim!r} is in more than one merged input ({s.url})"
+        if mine != theirs:
+            return (
+                f"variable {name!r} along {concat_dim!r} is in more than one merged input and differs: "
+                f"{s.url} and {first.url}"
+            )
+    return None
 
 
 def _merge_part(key: Key, concat_dim: str | None) -> tuple[tuple[str, int], ...]:
@@ -293,6 +326,11 @@ def combine(
             along = concat_dim in v.dims
             if v.name in specs:
                 if v.name == concat_dim:
+                    continue
+                if along and specs[v.name].along_concat:  # e.g. climatology_bounds in every merged file
+                    kept = groups[specs[v.name].source]
+                    if problem := _differs_along_concat(v.name, kept, members, concat_dim):
+                        raise InputError(problem)
                     continue
                 if along or specs[v.name].along_concat:
                     raise InputError(f"variable {v.name!r} is in more than one merged input ({ref.url})")
