@@ -91,6 +91,8 @@ def reference_batch(recipe: ReferenceRecipe, batch: CacheBatch) -> list[tuple[Ke
             )
         except FileNotFoundError as e:
             raise UnreferenceableInput(f"{item.url}: not found at the source ({url})") from e
+        except (ConnectionError, TimeoutError):
+            raise  # passing: the task's retries take it
         except Exception as e:
             raise UnreferenceableInput(f"{item.url}: cannot be referenced: {type(e).__name__}: {e}") from e
         out.append((item.key, vds))
