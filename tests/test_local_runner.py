@@ -13,6 +13,7 @@ import xarray as xr
 
 from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
 from forge.build import writers
+from forge.errors import RecipeCodeError
 from forge.io.openers import InputError
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_sources, open_store, write_inputs
@@ -147,6 +148,44 @@ def _processed(served, run_spec, process_input) -> tuple[xr.Dataset, xr.Dataset]
 def test_process_input_hook(served, run_spec):
     stored, expected = _processed(served, run_spec, _add_offset)
     xr.testing.assert_identical(stored, expected)
+
+
+def _chunk_anomaly(ds: xr.Dataset) -> xr.Dataset:
+    """A chunk-wise step (pangeo-forge's process_chunk): each chunk's tas less the chunk's mean."""
+    return ds.assign(tas=ds.tas - ds.tas.mean("time"))
+
+
+def test_process_chunk_sees_whole_chunks_across_inputs(served, run_spec):
+    """Chunks of 4 steps over inputs of 3 (and a MergeDim): process_chunk gets each chunk whole, decoded,
+    from both merged inputs; what it returns is what is stored."""
+    ds = make_dataset(9, variables=("tas", "pr"), packed=True)
+    paths = write_inputs(ds, Path(served.root), 3, per_variable=True)
+
+    def url(variable: str, time: int) -> str:
+        return f"{served.url}/{variable}_{time:04d}.nc"
+
+    pattern = FilePattern(url, MergeDim("variable", ["tas", "pr"]), ConcatDim("time", [0, 1, 2]))
+    recipe = XarrayZarrRecipe(
+        pattern,
+        target_chunks={"time": 4},
+        process_chunk=_chunk_anomaly,
+        xarray_concat_kwargs={"join": "exact"},
+    )
+    stored = open_store(run_locally(recipe, run_spec())["url"])
+    sources = open_sources(paths)
+    expected = xr.concat([_chunk_anomaly(sources.isel(time=slice(a, a + 4))) for a in (0, 4, 8)], "time")
+    # Stored with the sources' packing (scale_factor 0.01): equal to the packing's precision
+    xr.testing.assert_allclose(stored.tas, expected.tas, atol=0.006)
+    xr.testing.assert_identical(stored.pr.astype(sources.pr.dtype), sources.pr)  # float32, as stored
+
+    shape_changing = XarrayZarrRecipe(
+        pattern, target_chunks={"time": 4}, process_chunk=lambda ds: ds.isel(lat=[0])
+    )
+    with pytest.raises(
+        RecipeCodeError,
+        match=r"process_chunk on chunk 0 \(2000-01-01 to 2000-01-04\) changed 'tas' .* must keep",
+    ):
+        run_locally(shape_changing, run_spec(recipe_id="other"))
 
 
 def _noon_north(ds: xr.Dataset, url: str) -> xr.Dataset:

@@ -26,6 +26,7 @@ from forge.build.plan import ChunkWrite
 from forge.build.schema import VariableSpec
 from forge.build.target import open_group
 from forge.build.types import TargetSpec, WriteBatch
+from forge.errors import RecipeCodeError
 from forge.io.openers import RawInput
 from forge.io.storage import Storage
 from forge.recipe.recipes import XarrayZarrRecipe
@@ -143,6 +144,50 @@ def chunk_blocks(
         yield region, buf
 
 
+def processed_chunk(
+    recipe: XarrayZarrRecipe, inputs: _Inputs, target: TargetSpec, chunk: ChunkWrite, label: str
+) -> xr.Dataset:
+    """One target chunk of every variable the store step writes, decoded, assembled from its inputs'
+    slices (merged across merge dimensions, concatenated) and given to the recipe's ``process_chunk``."""
+    concat = target.concat_dim
+    names = [spec.name for spec in target.variables]
+    sources = sorted({spec.source for spec in target.variables})
+    parts = []
+    for piece in chunk.pieces:
+        window = {concat: slice(piece.src_start, piece.src_stop)}
+        held = [inputs.dataset(piece.position, source, raw=False)[0].isel(window) for source in sources]
+        merged = held[0] if len(held) == 1 else xr.merge(held, compat="override", join="override")
+        parts.append(merged[[n for n in names if n in merged.variables]])
+    options = {
+        "data_vars": "minimal",
+        "coords": "minimal",
+        "compat": "override",
+        **recipe.xarray_concat_kwargs,
+    }
+    ds = parts[0] if len(parts) == 1 else xr.concat(parts, concat, **options)
+    return recipe.postprocess_chunk(ds, label)
+
+
+def processed_block(
+    processed: xr.Dataset, spec: VariableSpec, chunk: ChunkWrite, concat_dim: str, label: str
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """(region, encoded values) of ``spec`` in a chunk ``process_chunk`` gave back: the whole chunk."""
+    length = chunk.stop - chunk.start
+    shape = tuple(length if d == concat_dim else n for d, n in zip(spec.dims, spec.shape, strict=True))
+    var = processed.variables.get(spec.name)
+    if var is None or var.dims != spec.dims or var.shape != shape:
+        got = "no such variable" if var is None else f"dims {var.dims}, shape {var.shape}"
+        raise RecipeCodeError(
+            f"process_chunk on {label} changed {spec.name!r} ({got}; the target has dims {spec.dims}, "
+            f"shape {shape} in this chunk): it must keep each variable's dimensions and shape"
+        )
+    var = var.copy(deep=False)
+    var.encoding = dict(spec.encoding)
+    values = np.asarray(encode_cf_variable(var, name=spec.name).values, dtype=spec.encoded_dtype)
+    region = tuple(slice(chunk.start, chunk.stop) if d == concat_dim else slice(None) for d in spec.dims)
+    return region, values
+
+
 def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch) -> BatchStats:
     """Write every chunk of the batch; each chunk has exactly this one writer.
 
@@ -163,12 +208,21 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
         stack.callback(inputs.close_before)
         for i, chunk in enumerate(batch.chunks):
             labels = batch.labels_of(chunk)
+            where = f"chunk {chunk.index} ({labels[0]} to {labels[-1]})" if labels else f"chunk {chunk.index}"
+            processed = (
+                processed_chunk(recipe, inputs, target, chunk, where) if recipe.process_chunk else None
+            )
             for spec in target.variables:
                 arr = arrays[spec.name]
                 axis = spec.dims.index(target.concat_dim)
                 missing = np.zeros(chunk.stop - chunk.start, dtype=np.int64)  # per step, over its blocks
+                blocks = (
+                    [processed_block(processed, spec, chunk, target.concat_dim, where)]
+                    if processed is not None
+                    else chunk_blocks(inputs, spec, arr, chunk, target.concat_dim)
+                )
                 try:
-                    for region, buf in chunk_blocks(inputs, spec, arr, chunk, target.concat_dim):
+                    for region, buf in blocks:
                         missing += target.checks.scan(spec.name, buf, axis, labels, target.url)
                         if pending is not None:
                             pending.result()

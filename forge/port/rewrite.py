@@ -36,7 +36,15 @@ FORGE_NAMES = {
 }
 RENAMED = {"HDFReferenceRecipe": "ReferenceRecipe"}  # pangeo-forge's name -> forge's
 # 0.9's XarrayZarrRecipe: arguments forge takes as they are, and those it has no use for (and why)
-KEPT_ARGS = {"target_chunks", "process_input", "xarray_open_kwargs", "inputs_per_chunk", "subset_inputs"}
+KEPT_ARGS = {
+    "target_chunks",
+    "process_input",
+    "process_chunk",
+    "xarray_open_kwargs",
+    "xarray_concat_kwargs",
+    "inputs_per_chunk",
+    "subset_inputs",
+}
 DROPPED_ARGS = {
     "cache_inputs": "forge always caches inputs",
     "copy_input_to_local_file": "forge reads inputs from its cache",

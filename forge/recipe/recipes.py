@@ -101,6 +101,14 @@ class XarrayZarrRecipe(_OverPattern):
     dynamic_chunking_fn, dynamic_chunking_fn_kwargs
         pangeo-forge's: ``fn(schema, **kwargs) -> {dim: chunk}``, given the target's schema as a lazy
         Dataset (no values read), instead of ``target_chunks``; ``forge.chunks_by_budget("100MB")`` is one.
+    process_chunk
+        pangeo-forge's: ``f(ds) -> ds`` applied to each target chunk (all variables the chunk holds along
+        the concat dimension, decoded, assembled from its inputs' slices) before it is written; it must
+        keep each variable's dimensions and shape. The store step then holds a whole chunk of every
+        variable at once, not a slab of one.
+    xarray_concat_kwargs
+        Passed to ``xr.concat`` where inputs are concatenated as Datasets: when ``process_chunk`` assembles
+        a chunk (otherwise each input's slice is written straight to its place in the target).
     tests
         Checks of the finished store, run before it is published: ``f(store)`` gets the Zarr store (as
         pangeo-forge's ``test_ds``), ``f(ds)`` the opened Dataset; one that raises fails the run.
@@ -123,6 +131,8 @@ class XarrayZarrRecipe(_OverPattern):
     tests: tuple[Callable[[Any], Any], ...] = ()
     dynamic_chunking_fn: Callable[..., Mapping[str, int]] | None = None
     dynamic_chunking_fn_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    process_chunk: Callable[[xr.Dataset], xr.Dataset] | None = None
+    xarray_concat_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):
@@ -151,6 +161,10 @@ class XarrayZarrRecipe(_OverPattern):
         get_opener(self.pattern.file_type)
         if self.process_input is not None:
             _input_arity(self.process_input)
+        if self.process_chunk is not None and not callable(self.process_chunk):
+            raise RecipeError(f"process_chunk must be a function f(ds) -> ds, not {self.process_chunk!r}")
+        if "dim" in self.xarray_concat_kwargs:
+            raise RecipeError("xarray_concat_kwargs cannot set dim: it is the pattern's ConcatDim")
 
     def preprocess(self, ds: xr.Dataset, url: str) -> xr.Dataset:
         """``process_input`` applied to one opened input; its failures name the input and the recipe's
@@ -161,6 +175,14 @@ class XarrayZarrRecipe(_OverPattern):
         out = call_recipe_code(self.process_input, f"process_input on {url}", *args)
         if not isinstance(out, xr.Dataset):
             raise RecipeCodeError(f"process_input returned {type(out).__name__} for {url}, not a Dataset")
+        return out
+
+    def postprocess_chunk(self, ds: xr.Dataset, label: str) -> xr.Dataset:
+        """``process_chunk`` applied to one assembled chunk; its failures name the chunk and the recipe's
+        line, and it must return a Dataset."""
+        out = call_recipe_code(self.process_chunk, f"process_chunk on {label}", ds)
+        if not isinstance(out, xr.Dataset):
+            raise RecipeCodeError(f"process_chunk returned {type(out).__name__} for {label}, not a Dataset")
         return out
 
 
