@@ -13,10 +13,18 @@ import xarray as xr
 
 from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
 from forge.build import writers
-from forge.errors import RecipeCodeError
+from forge.errors import RecipeCodeError, RecipeError
 from forge.io.openers import InputError
+from forge.replicas.opendap import OpendapServer
 from forge.run import run_locally
-from forge.testing import assert_store_matches, make_dataset, open_sources, open_store, write_inputs
+from forge.testing import (
+    assert_same_dataset,
+    assert_store_matches,
+    make_dataset,
+    open_sources,
+    open_store,
+    write_inputs,
+)
 
 
 def concat_pattern(srv, n_files: int, nitems: int | None = None, prefix: str = "all", **kw) -> FilePattern:
@@ -186,6 +194,30 @@ def test_process_chunk_sees_whole_chunks_across_inputs(served, run_spec):
         match=r"process_chunk on chunk 0 \(2000-01-01 to 2000-01-04\) changed 'tas' .* must keep",
     ):
         run_locally(shape_changing, run_spec(recipe_id="other"))
+
+
+def test_opendap_sources_are_read_in_place_a_slice_at_a_time(tmp_path, run_spec):
+    """Files behind a real DAP2 server (pydap), as THREDDS serves an archive: nothing is downloaded whole
+    (the cache stays empty), every read is a constrained request, and the store equals the files."""
+    ds = make_dataset(6, packed=True)
+    paths = write_inputs(ds, tmp_path / "archive", 2)
+    with OpendapServer(tmp_path / "archive") as dap:
+
+        def url(time: int) -> str:
+            return f"{dap.url}/all_{time:04d}.nc"
+
+        pattern = FilePattern(url, ConcatDim("time", [0, 1, 2]), is_opendap=True)  # 0.9's spelling
+        out = run_locally(XarrayZarrRecipe(pattern, target_chunks={"time": 4}), run_spec())
+        assert dap.requests["dods"] > 0 and dap.requests["other"] == 0
+    assert not list((tmp_path / "cache").rglob("*.nc"))
+    stored = open_store(out["url"])
+    # pydap adds the sizes as global attributes (dimensions.time, ...): not the files' own
+    stored.attrs = {k: v for k, v in stored.attrs.items() if not k.startswith("dimensions.")}
+    assert_same_dataset(stored, open_sources(paths))
+    with pytest.raises(RecipeError, match="OPeNDAP sources are read by netCDF-C's own client"):
+        XarrayZarrRecipe(
+            FilePattern(url, ConcatDim("time", [0]), file_type="opendap", query_string_secrets={"k": "K"})
+        )
 
 
 def _noon_north(ds: xr.Dataset, url: str) -> xr.Dataset:

@@ -56,8 +56,8 @@ def host_windows(recipe: XarrayZarrRecipe, batches: list[CacheBatch]) -> dict[st
 
 
 def reads_in_place(recipe: XarrayZarrRecipe) -> bool:
-    """Zarr inputs are directories read where they are; everything else is copied into the cache."""
-    return get_opener(recipe.pattern.file_type).is_directory
+    """Zarr stores and OPeNDAP URLs are read where they are; everything else is copied into the cache."""
+    return get_opener(recipe.pattern.file_type).in_place
 
 
 def fetch_missing(

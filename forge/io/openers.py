@@ -30,7 +30,7 @@ class Opener:
     module: str
     install_hint: str
     magic: tuple[bytes, ...] = ()
-    is_directory: bool = False
+    in_place: bool = False  # read where it is (a Zarr store, an OPeNDAP URL): never downloaded
     open_kwargs: tuple[tuple[str, Any], ...] = ()
     netcdf_c: bool = False  # the netCDF-C library reads it: packed values come straight from netCDF4
 
@@ -51,7 +51,9 @@ OPENERS: dict[str, Opener] = {
         open_kwargs=(("mmap", False),),
         netcdf_c=True,
     ),
-    "zarr": Opener("zarr", "zarr", "pip install zarr", is_directory=True),
+    "zarr": Opener("zarr", "zarr", "pip install zarr", in_place=True),
+    # a DAP2 URL, read by netCDF-C (its DAP client) a slice at a time: nothing is downloaded whole
+    "opendap": Opener("netcdf4", "netCDF4", "pip install netCDF4", in_place=True, netcdf_c=True),
     "grib": Opener("cfgrib", "cfgrib", "pip install cfgrib (and the eccodes library)", (b"GRIB",)),
 }
 
@@ -68,7 +70,7 @@ def get_opener(file_type: str) -> Opener:
 
 def check_magic(path: Path, file_type: str, name: str) -> None:
     opener = get_opener(file_type)
-    if opener.is_directory or not opener.magic:
+    if opener.in_place or not opener.magic:
         return
     with open(path, "rb") as f:
         head = f.read(8)

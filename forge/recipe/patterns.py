@@ -28,6 +28,7 @@ class FileType(StrEnum):
     hdf5 = "hdf5"
     zarr = "zarr"
     grib = "grib"
+    opendap = "opendap"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,10 @@ class FilePattern:
         Query parameter name -> secret name, appended to each URL when it is fetched. The URL as written in
         the recipe, the cache path, logs and store attributes never contain the value.
     file_type
-        One of the types in :mod:`forge.io.openers` (``netcdf4``, ``netcdf3``, ``zarr``, ``grib``).
+        One of the types in :mod:`forge.io.openers` (``netcdf4``, ``hdf5``, ``netcdf3``, ``zarr``, ``grib``,
+        ``opendap``: DAP2 URLs read in place by netCDF-C, a slice at a time).
+    is_opendap
+        pangeo-forge 0.9's way of saying ``file_type="opendap"``.
     trusted_redirect_hosts
         Hosts that may receive the credentials when a source redirects there (a login server). By
         default credentials go only to the origin (scheme, host, port) of the URL requested, and are
@@ -135,6 +139,7 @@ class FilePattern:
         query_string_secrets: Mapping[str, str] | None = None,
         file_type: str = "netcdf4",
         trusted_redirect_hosts: Sequence[str] = (),
+        is_opendap: bool = False,
     ) -> None:
         names = [d.name for d in combine_dims]
         if len(set(names)) != len(names):
@@ -160,6 +165,8 @@ class FilePattern:
             "query_string_secrets",
             {k: v.name if isinstance(v, Secret) else v for k, v in secrets.items()},
         )
+        if is_opendap:  # pangeo-forge 0.9's spelling of file_type="opendap"
+            file_type = FileType.opendap
         object.__setattr__(self, "file_type", str(file_type))  # a FileType is stored by its name
         object.__setattr__(self, "trusted_redirect_hosts", tuple(trusted_redirect_hosts))
 

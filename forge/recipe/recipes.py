@@ -159,6 +159,13 @@ class XarrayZarrRecipe(_OverPattern):
             if not callable(check):
                 raise RecipeError(f"tests must be functions of the finished store, not {check!r}")
         get_opener(self.pattern.file_type)
+        if self.pattern.file_type == "opendap" and (
+            self.pattern.fsspec_open_kwargs or self.pattern.query_string_secrets
+        ):
+            raise RecipeError(
+                "OPeNDAP sources are read by netCDF-C's own client, which the recipe's credentials do not "
+                "reach: give them to it in ~/.netrc and ~/.dodsrc, or fetch the files over HTTP instead"
+            )
         if self.process_input is not None:
             _input_arity(self.process_input)
         if self.process_chunk is not None and not callable(self.process_chunk):
