@@ -9,10 +9,9 @@ from prefect import get_run_logger
 
 from flows.outcomes import StageFailed, first_failure
 from flows.reports import Progress
-from forge.build.references import plan_references
-from forge.build.stages import recipe_for
+from flows.runtime.windows import submit_windowed, wait_ended
 from forge.build.types import RunSpec
-from tasks.common import Opaque
+from tasks.cache import plan_cache_batches, source_host_slots
 from tasks.references import plan_reference_append_run, reference_inputs, write_reference_store
 
 
@@ -28,13 +27,16 @@ def build_references(run: RunSpec, append: bool, dry_run: bool) -> dict:
         if dry_run or not new:
             return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
-    batches = plan_references(recipe_for(run), run)
-    referenced = Progress(f"inputs referenced for {run.recipe_id}", sum(len(b.items) for b in batches))
-    futures = [reference_inputs.submit(Opaque(b), run) for b in batches]
-    for batch, future in zip(batches, futures, strict=True):
-        future.wait()
-        referenced.advance(len(batch.items))
-    if failed := first_failure("reference", futures, [b.label for b in batches]):
+    batches, windows = plan_cache_batches(run, "reference")
+    referenced = Progress(f"inputs referenced for {run.recipe_id}", sum(len(b.value.items) for b in batches))
+    # The source hosts' download slots, as the cache stage takes them: referencing reads each input's
+    # metadata from its server, and other runs may be reading it too.
+    with source_host_slots(windows):
+        futures = submit_windowed(
+            lambda b: reference_inputs.submit(b, run), batches, lambda b: b.value.host, windows
+        )
+        wait_ended(futures, lambda i: referenced.advance(len(batches[i].value.items)))
+    if failed := first_failure("reference", futures, [b.value.label for b in batches]):
         raise failed
     try:
         summary = write_reference_store(run, [f.result() for f in futures])

@@ -16,7 +16,7 @@ def host_limit_name(host: str) -> str:
     return f"source-host:{host}"
 
 
-def plan_cache_batches(run: RunSpec) -> tuple[list[Opaque[CacheBatch]], dict[str, int]]:
+def plan_cache_batches(run: RunSpec, stage: str = "cache") -> tuple[list[Opaque[CacheBatch]], dict[str, int]]:
     """The cache batches, grouped by source host, and how many of each host's slots this run takes.
 
     Creates or updates each host's global concurrency limit (idempotent) before the flow takes slots.
@@ -27,15 +27,16 @@ def plan_cache_batches(run: RunSpec) -> tuple[list[Opaque[CacheBatch]], dict[str
     from prefect.client.orchestration import get_client
 
     recipe = recipe_for(run)
-    batches = plan_cache(recipe, run)
+    batches = plan_cache(recipe, run, stage)
     windows = host_windows(recipe, batches)
     limit = recipe.max_concurrency_per_host
     with get_client(sync_client=True) as client:
         for host in windows:
             client.upsert_global_concurrency_limit_by_name(host_limit_name(host), limit)
     get_run_logger().info(
-        "%d inputs to cache in %d batches from %d source host(s)",
+        "%d inputs to %s in %d batches from %d source host(s)",
         sum(len(b.items) for b in batches),
+        stage,
         len(batches),
         len({b.host for b in batches}),
     )

@@ -29,8 +29,9 @@ def host_of(url: str) -> str:
     return urlsplit(url).netloc or urlsplit(url).scheme or "local"
 
 
-def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec) -> list[CacheBatch]:
-    """Group the inputs by source host into batches (enough to use each host's concurrency limit)."""
+def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec, stage: str = "cache") -> list[CacheBatch]:
+    """Group the inputs by source host into batches (enough to use each host's concurrency limit),
+    labelled ``{stage}-NNNN``."""
     by_host: dict[str, list[CacheItem]] = {}
     concat = recipe.concat_dim
     for key, url in recipe.pattern.items():
@@ -42,7 +43,7 @@ def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec) -> list[CacheBatch]:
     for host, items in by_host.items():
         n = n_cache_batches(len(items), recipe.max_concurrency_per_host, recipe.cache_batch_size)
         for r in split_evenly(len(items), n):
-            batches.append(CacheBatch(f"cache-{len(batches):04d}", host, tuple(items[r.start : r.stop])))
+            batches.append(CacheBatch(f"{stage}-{len(batches):04d}", host, tuple(items[r.start : r.stop])))
     return batches
 
 

@@ -48,8 +48,7 @@ def prefix_of(url: str) -> str:
 
 def plan_references(recipe: ReferenceRecipe, run: RunSpec) -> list[CacheBatch]:
     """The inputs in batches, by source host (as the cache stage plans them), named ``reference-NNNN``."""
-    batches = plan_cache(recipe, run)
-    return [replace(b, label=f"reference-{i:04d}") for i, b in enumerate(batches)]
+    return plan_cache(recipe, run, "reference")
 
 
 def _registry(urls: Sequence[str]):
