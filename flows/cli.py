@@ -95,12 +95,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.get("references"):
         print(f"\nreferences: {summary['url']} ({summary['inputs']} inputs)")
         print(f"open them with: forge.open_references({summary['url']!r})")
+    elif "repr" not in summary:
         return 0
-    if "repr" not in summary:
-        return 0
-    print(summary["repr"])
-    print(f"\nstore: {summary['url']}")
-    print(f"open it with: {open_snippet(summary['url'])}")
+    else:
+        print(summary["repr"])
+        print(f"\nstore: {summary['url']}")
+        print(f"open it with: {open_snippet(summary['url'])}")
     if "catalog" in summary:
         from forge.recipe.loading import find_recipe
 

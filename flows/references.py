@@ -12,6 +12,7 @@ from flows.reports import Progress
 from flows.runtime.windows import submit_windowed, wait_ended
 from forge.build.types import RunSpec
 from tasks.cache import plan_cache_batches, source_host_slots
+from tasks.catalog import update_catalog
 from tasks.references import plan_reference_append_run, reference_inputs, write_reference_store
 
 
@@ -42,6 +43,10 @@ def build_references(run: RunSpec, append: bool, dry_run: bool) -> dict:
         summary = write_reference_store(run, [f.result() for f in futures])
     except Exception as e:
         raise StageFailed("write-references", None, e) from e
+    try:
+        summary["catalog"] = update_catalog(run)
+    except Exception as e:
+        raise StageFailed("publish-catalog", None, e) from e
     summary["timings"] = {"total": time.perf_counter() - t0}
     print(f"references ready: {summary['url']}" + (f" (appended {summary['appended']})" if append else ""))
     return summary

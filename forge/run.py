@@ -42,4 +42,4 @@ def reference_locally(recipe: ReferenceRecipe, run: RunSpec, lookup: Lookup, *, 
             return {"url": run.target_url, "appended": 0}
         recipe = recipe.pruned(run.prune)
     refs = [ref for batch in plan_references(recipe, run) for ref in reference_batch(recipe, batch)]
-    return write_references(recipe, run, refs)
+    return {**write_references(recipe, run, refs), "catalog": publish_catalog(run)}

@@ -6,6 +6,7 @@ from the sources (their bytes fetched by range), and an append references only t
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,7 +14,9 @@ from urllib.parse import urlsplit
 import icechunk
 import pandas as pd
 import pytest
+import xarray as xr
 
+import forge
 from forge import ConcatDim, FilePattern, ReferenceRecipe
 from forge.build.references import INPUTS_ATTR, open_references
 from forge.build.stages import run_spec_for
@@ -23,6 +26,7 @@ from forge.recipe.loading import load_recipe
 from forge.replicas.oisst import OisstReplica, oisst_url
 from forge.run import run_locally
 from forge.testing import assert_same_dataset, forge_cli, open_sources
+from tests.test_catalog import assert_valid_stac
 
 ORIGINALS = Path(__file__).parent / "data" / "pangeo_forge" / "oisst-references"
 NCEI = "https://www.ncei.noaa.gov/"
@@ -59,6 +63,20 @@ def test_a_09_reference_recipe_ports_and_its_json_references_read_the_sources(tm
     assert (appended["inputs"], appended["appended"]) == (4, 2)
     assert_references_match(url, sources(), 4)
 
+    # In the STAC catalog of the target root, as references, and opened through it
+    collection = json.loads((tmp_path / "target" / "oisst_refs" / "collection.json").read_text())
+    assert_valid_stac(collection)
+    asset = collection["assets"]["zarr"]
+    assert (asset["href"], asset["type"], asset["roles"]) == (
+        "../oisst_refs.json",
+        "application/json",
+        ["data", "references"],
+    )
+    assert collection["extent"]["temporal"]["interval"] == [["1981-09-01T12:00:00Z", "1981-09-04T12:00:00Z"]]
+    xr.testing.assert_identical(
+        forge.open_dataset("oisst_refs", catalog=str(tmp_path / "target")), open_references(url)
+    )
+
 
 def test_an_icechunk_reference_store_commits_each_run_and_appends(tmp_path):
     """Virtual chunks in local files (Icechunk 1.1 cannot read them from an HTTP server on a port other
@@ -91,6 +109,9 @@ def test_an_icechunk_reference_store_commits_each_run_and_appends(tmp_path):
     assert_references_match(url, paths, 3)
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(url))
     assert len(list(repo.ancestry(branch="main"))) == 3  # the repository's first commit, then one per run
+    # Through the catalog too: its virtual chunk containers authorized for reading
+    through_catalog = forge.open_dataset("refs", catalog=str(tmp_path / "target")).load()
+    xr.testing.assert_identical(through_catalog, open_references(url).load())
 
 
 def url_of(time: pd.Timestamp) -> str:

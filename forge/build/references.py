@@ -21,6 +21,7 @@ import fsspec
 import xarray as xr
 
 from forge.build.caching import plan_cache
+from forge.build.target import COMPLETE_ATTR
 from forge.build.types import CacheBatch, RunSpec
 from forge.errors import ForgeError
 from forge.recipe.patterns import Key, rewrite_url
@@ -126,9 +127,12 @@ def _concat(datasets: Sequence[xr.Dataset], dim: str, attrs: str = "drop_conflic
 
 
 def _attrs(recipe: ReferenceRecipe, run: RunSpec, source: dict, n_inputs: int) -> dict:
+    """The store's attributes: the inputs', the recipe's, and forge's (the catalog lists a store that
+    says it is complete)."""
     attrs = {**source, **recipe.attrs, INPUTS_ATTR: n_inputs, "forge:recipe_id": run.recipe_id}
+    attrs[COMPLETE_ATTR] = True
     if run.version:
-        attrs["forge:version"] = run.version
+        attrs["forge:version"] = attrs["forge:dataset_version"] = run.version
     return attrs
 
 

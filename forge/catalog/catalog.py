@@ -22,6 +22,7 @@ from typing import Any
 import pystac
 import xarray as xr
 
+from forge.build.references import INPUTS_ATTR, open_references
 from forge.build.target import COMPLETE_ATTR, published_store
 from forge.build.types import RunSpec
 from forge.catalog.stac import StoreInfo, collection_for, item_for
@@ -33,7 +34,7 @@ from forge.recipe.meta import major_of
 
 CATALOG = "catalog.json"
 COLLECTION = "collection.json"
-FORMATS = ("zarr", "icechunk")
+FORMATS = ("zarr", "icechunk", "json", "parquet")  # json and parquet: kerchunk references
 PROVENANCE = ("forge:version", "forge:fingerprint", "forge:flow_run_id", "forge:runner", "forge:updated")
 
 
@@ -44,6 +45,8 @@ class CatalogError(LookupError):
 def _open(url: str, target_format: str) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        if target_format in ("json", "parquet"):
+            return open_references(url)
         consolidated = False if target_format == "icechunk" else None
         return xr.open_zarr(published_store(url, target_format), consolidated=consolidated)
 
@@ -74,7 +77,7 @@ def _relative(url: str, start: str) -> str:
 
 
 def _store_info(url: str, fmt: str, version: str | None, collection_dir: str, ds: xr.Dataset) -> StoreInfo:
-    zarr_format = 2 if fmt == "zarr" and Storage(url).exists(".zgroup") else 3
+    zarr_format = 2 if fmt in ("json", "parquet") or (fmt == "zarr" and Storage(url).exists(".zgroup")) else 3
     return StoreInfo(
         href=_relative(url, collection_dir),
         target_format=fmt,
@@ -82,6 +85,7 @@ def _store_info(url: str, fmt: str, version: str | None, collection_dir: str, ds
         consolidated=fmt == "zarr",
         version=version,
         provenance={k: ds.attrs.get(k) for k in PROVENANCE},
+        references=INPUTS_ATTR in ds.attrs,
     )
 
 
@@ -257,6 +261,8 @@ def listing(catalog: str) -> list[str]:
 def open_dataset(recipe_id: str, catalog: str = "data/target", version: str | None = None) -> xr.Dataset:
     """A dataset as the catalog publishes it: the latest version, or ``version`` ("1" or "1.1")."""
     url, asset = find(catalog, recipe_id, version)
+    if asset.get("forge:references"):
+        return open_references(url)
     if asset.get("forge:format") == "icechunk":
         return xr.open_zarr(published_session(url).store, consolidated=False)
     consolidated = asset.get("xarray:open_kwargs", {}).get("consolidated")

@@ -30,6 +30,7 @@ from pystac.extensions.datacube import (
 from pystac.extensions.version import VersionExtension
 
 ZARR_MEDIA_TYPE = "application/vnd+zarr"  # the STAC Zarr best practices' media type
+REFERENCE_MEDIA_TYPES = {"json": "application/json", "parquet": "application/vnd.apache.parquet"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class StoreInfo:
     consolidated: bool
     version: str | None  # "MAJOR.MINOR"
     provenance: Mapping[str, Any]  # forge:* attributes of the store: version, fingerprint, run
+    references: bool = False  # virtual references to the sources (a ReferenceRecipe's), not a copy
 
     @property
     def major(self) -> int | None:
@@ -179,11 +181,17 @@ def asset_for(store: StoreInfo) -> pystac.Asset:
     }
     if store.target_format == "icechunk":
         extra["icechunk:branch"] = "main"
+    media_type, roles = ZARR_MEDIA_TYPE, ["data"]
+    if store.references:  # chunks read from the sources: forge.open_references opens it
+        extra["forge:references"] = True
+        roles = ["data", "references"]
+        media_type = REFERENCE_MEDIA_TYPES.get(store.target_format, ZARR_MEDIA_TYPE)
+    kind = "references" if store.references else "store"
     return pystac.Asset(
         href=store.href,
-        title=f"{store.target_format} store" + (f", version {store.version}" if store.version else ""),
-        media_type=ZARR_MEDIA_TYPE,
-        roles=["data"],
+        title=f"{store.target_format} {kind}" + (f", version {store.version}" if store.version else ""),
+        media_type=media_type,
+        roles=roles,
         extra_fields=extra,
     )
 
