@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 
 from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
 from forge.build import writers
@@ -42,12 +43,13 @@ def concat_pattern(srv, n_files: int, nitems: int | None = None, prefix: str = "
         (2, 3, "NETCDF4"),  # chunks straddle inputs
         (5, 2, "NETCDF3_64BIT"),  # netCDF3, inputs larger than chunks
         ([4, 1, 3, 4], 5, "NETCDF4_CLASSIC"),  # uneven files, lengths discovered by scanning
+        (3, 4, "unknown"),  # pangeo-forge's FileType.unknown: xarray picks the engine
     ],
 )
 def test_concat(served, run_spec, items_per_file, chunk, fmt):
     ds = make_dataset(12, packed=True)
-    paths = write_inputs(ds, Path(served.root), items_per_file, fmt=fmt)
-    file_type = "netcdf3" if fmt.startswith("NETCDF3") else "netcdf4"
+    paths = write_inputs(ds, Path(served.root), items_per_file, fmt="NETCDF4" if fmt == "unknown" else fmt)
+    file_type = "netcdf3" if fmt.startswith("NETCDF3") else "unknown" if fmt == "unknown" else "netcdf4"
     nitems = items_per_file if isinstance(items_per_file, int) and 12 % items_per_file == 0 else None
     pattern = concat_pattern(served, len(paths), nitems, file_type=file_type)
     recipe = XarrayZarrRecipe(pattern, target_chunks={"time": chunk}, max_write_batches=3)
@@ -112,6 +114,16 @@ def test_a_variable_along_time_in_every_merged_file_is_kept_once(served, run_spe
         InputError, match=rf"'climatology_bounds' along 'time' .* differs: {url('pr', 1)} and"
     ):
         run_locally(recipe, run_spec(recipe_id="other"))
+
+
+def test_minus_one_chunks_a_whole_dimension_and_copy_pruned_prunes(served, run_spec):
+    """pangeo-forge recipes say -1 for "the whole dimension" and copy_pruned() for a test build."""
+    paths = write_inputs(make_dataset(6, nlat=3), Path(served.root), 2)
+    recipe = XarrayZarrRecipe(concat_pattern(served, 3), target_chunks={"time": -1, "lat": -1, "lon": 2})
+    out = run_locally(recipe, run_spec())
+    assert_store_matches(out["url"], paths)
+    assert zarr.open_group(out["url"], mode="r")["tas"].chunks == (6, 3, 2)
+    assert len(recipe.copy_pruned().pattern) == 2
 
 
 def test_hourly_files_with_their_own_time_units(served, run_spec):

@@ -11,9 +11,11 @@ import pytest
 import xarray as xr
 import zarr
 
+from forge import XarrayZarrRecipe
 from forge.build.stages import run_spec_for
 from forge.errors import RecipeCodeError
 from forge.port.feedstock import port_path
+from forge.port.rewrite import port_source
 from forge.recipe.loading import load_recipe
 from forge.replicas.server import SourceServer
 from forge.run import run_locally
@@ -111,3 +113,22 @@ def test_a_check_that_fails_fails_the_run_and_publishes_nothing(tmp_path, replic
 
         assert history(str(store)) == []  # main holds no build
     assert not (tmp_path / "target" / "catalog.json").exists()
+
+
+def test_module_style_imports_and_09_methods_port():
+    """``from pangeo_forge_recipes import patterns`` (then ``patterns.ConcatDim``) and 0.9's
+    ``recipe.copy_pruned()`` and ``target_chunks`` of -1, as real recipes use them."""
+    ported = port_source(
+        "from pangeo_forge_recipes import patterns, recipes\n\n"
+        "def url(time):\n    return f'https://example.org/{time}.nc'\n\n"
+        "pattern = patterns.FilePattern(url, patterns.ConcatDim('time', [1, 2, 3], nitems_per_file=1))\n"
+        "recipe = recipes.XarrayZarrRecipe(pattern, target_chunks={'time': -1})\n"
+        "test_recipe = recipe.copy_pruned()\n"
+    )
+    assert (
+        "line 1: from pangeo_forge_recipes import patterns, recipes -> import forge as patterns, forge as "
+        "recipes" in map(str, ported.notes)
+    )
+    namespace: dict = {}
+    exec(compile(ported.code, "recipe.py", "exec"), namespace)
+    assert isinstance(namespace["recipe"], XarrayZarrRecipe) and len(namespace["test_recipe"].pattern) == 2

@@ -293,6 +293,9 @@ def prepare_target(
     if recipe.dynamic_chunking_fn is not None:  # chunks chosen from the schema, then as if given
         chunks = dynamic_chunks(recipe.dynamic_chunking_fn, recipe.dynamic_chunking_fn_kwargs, template)
         recipe = dataclasses.replace(recipe, target_chunks=chunks, dynamic_chunking_fn=None)
+    if -1 in recipe.target_chunks.values():  # -1: the whole dimension, as in Dask and xarray
+        whole = {d: template.sizes.get(d, 1) if n == -1 else n for d, n in recipe.target_chunks.items()}
+        recipe = dataclasses.replace(recipe, target_chunks=whole)
     fp = fingerprint(recipe, template, summaries, run.version)
     url = run.target_url
     published = published_group(url, run.target_format)

@@ -26,7 +26,7 @@ class InputError(ForgeError, ValueError):
 
 @dataclass(frozen=True)
 class Opener:
-    engine: str
+    engine: str | None  # None: xarray's guess
     module: str
     install_hint: str
     magic: tuple[bytes, ...] = ()
@@ -52,6 +52,8 @@ OPENERS: dict[str, Opener] = {
         netcdf_c=True,
     ),
     "zarr": Opener("zarr", "zarr", "pip install zarr", in_place=True),
+    # pangeo-forge's FileType.unknown: xarray picks the engine from the file itself
+    "unknown": Opener(None, "xarray", "pip install xarray"),
     # a DAP2 URL, read by netCDF-C (its DAP client) a slice at a time: nothing is downloaded whole
     "opendap": Opener("netcdf4", "netCDF4", "pip install netCDF4", in_place=True, netcdf_c=True),
     "grib": Opener("cfgrib", "cfgrib", "pip install cfgrib (and the eccodes library)", (b"GRIB",)),

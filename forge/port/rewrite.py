@@ -35,6 +35,7 @@ FORGE_NAMES = {
     "XarrayZarrRecipe",
 }
 RENAMED = {"HDFReferenceRecipe": "ReferenceRecipe"}  # pangeo-forge's name -> forge's
+SUBMODULES = {"patterns", "recipes"}  # pangeo-forge modules whose names forge exports at its top
 # 0.9's XarrayZarrRecipe: arguments forge takes as they are, and those it has no use for (and why)
 KEPT_ARGS = {
     "target_chunks",
@@ -273,11 +274,20 @@ class _Rewrite(cst.CSTTransformer):
 
     def leave_ImportFrom(
         self, original: cst.ImportFrom, updated: cst.ImportFrom
-    ) -> cst.ImportFrom | cst.RemovalSentinel:
+    ) -> cst.ImportFrom | cst.Import | cst.RemovalSentinel:
         module = self.module.code_for_node(updated.module) if updated.module else ""
         root = module.split(".")[0]
         if root not in ("pangeo_forge_recipes", "apache_beam") or isinstance(updated.names, cst.ImportStar):
             return updated
+        modules = [a for a in updated.names if a.name.value in SUBMODULES]
+        if module == "pangeo_forge_recipes" and modules and len(modules) == len(updated.names):
+            # ``patterns.ConcatDim(...)``, ``recipes.XarrayZarrRecipe(...)``: forge has those names
+            names = [(a.asname.name.value if a.asname else a.name.value) for a in modules]
+            aliases = ", ".join(f"forge as {n}" for n in names)
+            self.note(original, f"from pangeo_forge_recipes import {', '.join(names)} -> import {aliases}")
+            return cst.Import(
+                names=[cst.ImportAlias(cst.Name("forge"), asname=cst.AsName(cst.Name(n))) for n in names]
+            )
         forge_names, gone = [], []
         for alias in updated.names:
             name = alias.name.value

@@ -29,6 +29,7 @@ class FileType(StrEnum):
     zarr = "zarr"
     grib = "grib"
     opendap = "opendap"
+    unknown = "unknown"  # xarray guesses the engine
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ class _OverPattern:
             return self
         return replace(self, pattern=self.pattern.prune(nkeep))
 
+    def copy_pruned(self, nkeep: int = 2) -> Self:
+        """pangeo-forge 0.9's name for :meth:`pruned` (a recipe of the first ``nkeep`` inputs)."""
+        return self.pruned(nkeep)
+
 
 @dataclass(frozen=True)
 class XarrayZarrRecipe(_OverPattern):
@@ -62,8 +66,9 @@ class XarrayZarrRecipe(_OverPattern):
     pattern
         The inputs.
     target_chunks
-        Chunk length per dimension in the target; dimensions left out are not split, except the concat
-        dimension, whose default gives chunks of about 64 MiB for the largest variable.
+        Chunk length per dimension in the target (-1: the whole dimension); dimensions left out are not
+        split, except the concat dimension, whose default gives chunks of about 64 MiB for the largest
+        variable.
     process_input
         ``f(ds, url) -> ds`` (or ``f(ds) -> ds``), applied to every input after it is opened (decoded), as
         in pangeo-forge.
@@ -146,8 +151,10 @@ class XarrayZarrRecipe(_OverPattern):
         if self.max_concurrency_per_host < 1:
             raise ValueError("max_concurrency_per_host must be >= 1")
         for dim, n in self.target_chunks.items():
-            if not isinstance(n, int) or n < 1:
-                raise ValueError(f"target_chunks[{dim!r}] must be a positive integer, not {n!r}")
+            if not isinstance(n, int) or (n < 1 and n != -1):
+                raise ValueError(
+                    f"target_chunks[{dim!r}] must be a positive integer or -1 (whole), not {n!r}"
+                )
         if self.inputs_per_chunk is not None and (
             not isinstance(self.inputs_per_chunk, int) or self.inputs_per_chunk < 1
         ):
