@@ -205,9 +205,7 @@ def _containers(vds: xr.Dataset) -> list[str]:
     prefixes, local = set(), set()
     for var in vds.variables.values():
         if isinstance(var.data, ManifestArray):
-            for path in var.data.manifest._paths.ravel():
-                if not path:
-                    continue
+            for path in var.data.manifest.iter_nonempty_paths():
                 if str(path).startswith("file://"):
                     local.add(os.path.dirname(urlsplit(str(path)).path))
                 else:
