@@ -6,14 +6,18 @@ UI, the API and ``forge run``'s last line all say the same thing, not Prefect's 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled
 
+from forge.build.types import RunSpec
 from forge.errors import ForgeError
+
+T = TypeVar("T")
 
 
 class StageFailed(Exception):
@@ -25,6 +29,19 @@ class StageFailed(Exception):
         # ForgeErrors say what is wrong themselves; anything else is a bug, named by its type.
         reason = str(cause) if isinstance(cause, ForgeError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"{stage} stage failed{where}: {reason}")
+
+
+def in_stage(stage: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: a stage the flow runs in its own process, whatever it raises a :class:`StageFailed`."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        raise StageFailed(stage, None, e) from e
+
+
+def nothing_appended(run: RunSpec, new: Any, dry_run: bool) -> dict:
+    """The summary of an append that adds nothing: a dry run, or nothing new at the source."""
+    return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
 
 def failure_of(future: PrefectFuture) -> BaseException | None:

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.bakery import current_bakery, store_workers, task_runner_for
-from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure
+from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure, in_stage, nothing_appended
 from flows.references import build_references
 from flows.reports import Progress, failed_run, source_text, summary_artifact
 from flows.runtime.gc_freeze import loaded_frozen
@@ -115,13 +115,10 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if append:
-        try:
-            run, new = plan_append_run(run)
-        except Exception as e:
-            raise StageFailed("plan-append", None, e) from e
+        run, new = in_stage("plan-append", plan_append_run, run)
         get_run_logger().info(describe_append(recipe_for(run), run, new, dry_run))
         if dry_run or not new:
-            return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
+            return nothing_appended(run, new, dry_run)
 
     batches, windows = plan_cache_batches(run)
     cached = Progress(f"inputs cached for {run.recipe_id}", sum(len(b.value.items) for b in batches))
@@ -159,15 +156,9 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     timings["store"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    try:
-        summary = finalize_target(target, sessions if target.transaction else None)
-    except Exception as e:
-        raise StageFailed("finalize-target", None, e) from e
+    summary = in_stage("finalize-target", finalize_target, target, sessions if target.transaction else None)
     timings["finalize"] = time.perf_counter() - t2
-    try:
-        summary["catalog"] = update_catalog(run)
-    except Exception as e:
-        raise StageFailed("publish-catalog", None, e) from e
+    summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
     timings["total"] = time.perf_counter() - t0
     first_url = next(iter(recipe_for(run).pattern.items()))[1]
     summary_artifact(run, target, summary, source_text(first_url, run), timings)

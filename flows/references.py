@@ -7,7 +7,7 @@ import time
 
 from prefect import get_run_logger
 
-from flows.outcomes import StageFailed, first_failure
+from flows.outcomes import first_failure, in_stage, nothing_appended
 from flows.reports import Progress
 from flows.runtime.windows import submit_windowed, wait_ended
 from forge.build.types import RunSpec
@@ -20,13 +20,10 @@ def build_references(run: RunSpec, append: bool, dry_run: bool) -> dict:
     """The stages, in order; a stage that fails raises :class:`StageFailed` with its cause."""
     t0 = time.perf_counter()
     if append:
-        try:
-            run, new = plan_reference_append_run(run)
-        except Exception as e:
-            raise StageFailed("plan-append", None, e) from e
+        run, new = in_stage("plan-append", plan_reference_append_run, run)
         get_run_logger().info("%s: %d new input(s) to reference", run.target_url, new)
         if dry_run or not new:
-            return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
+            return nothing_appended(run, new, dry_run)
 
     batches, windows = plan_cache_batches(run, "reference")
     referenced = Progress(f"inputs referenced for {run.recipe_id}", sum(len(b.value.items) for b in batches))
@@ -39,14 +36,8 @@ def build_references(run: RunSpec, append: bool, dry_run: bool) -> dict:
         wait_ended(futures, lambda i: referenced.advance(len(batches[i].value.items)))
     if failed := first_failure("reference", futures, [b.value.label for b in batches]):
         raise failed
-    try:
-        summary = write_reference_store(run, [f.result() for f in futures])
-    except Exception as e:
-        raise StageFailed("write-references", None, e) from e
-    try:
-        summary["catalog"] = update_catalog(run)
-    except Exception as e:
-        raise StageFailed("publish-catalog", None, e) from e
+    summary = in_stage("write-references", write_reference_store, run, [f.result() for f in futures])
+    summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
     summary["timings"] = {"total": time.perf_counter() - t0}
     print(f"references ready: {summary['url']}" + (f" (appended {summary['appended']})" if append else ""))
     return summary

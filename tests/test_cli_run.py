@@ -33,7 +33,7 @@ BROKEN_RECIPES = {
     "argument": (
         RECIPE_HEAD + "recipe = XarrayZarrRecipe(pattern, target_chunks={'time': 0})\n",
         7,
-        "target_chunks['time'] must be a positive integer, not 0",
+        "target_chunks['time'] must be a positive integer or -1 (whole), not 0",
     ),
     "process_input": (
         RECIPE_HEAD + "def fix(ds, url, extra):\n    return ds\n\n"
