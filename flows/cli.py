@@ -297,6 +297,15 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """Where a run reads its sources: mirrors, or the local OISST replica."""
+    parser.add_argument(
+        "--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror"
+    )
+    parser.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
+    parser.add_argument("--replica-dir", help="where the replica keeps its files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -307,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-root", help="where the store goes: {target_root}/{recipe_id}.zarr (default ./data/target)"
     )
     run.add_argument("--cache-root", help="where inputs are cached (default ./data/cache)")
-    run.add_argument("--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror")
-    run.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
-    run.add_argument("--replica-dir", help="where the replica keeps its files")
+    add_source_options(run)
     run.add_argument("--append", action="store_true", help="add only the inputs beyond the store's end")
     run.add_argument("--dry-run", action="store_true", help="with --append: list what would be added")
     run.add_argument("--dask-address", help="an existing Dask scheduler (default: a local cluster)")
@@ -341,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk.add_argument("recipe")
     chk.add_argument("--prune", type=int, default=2, help="inputs in the test build (default 2)")
-    chk.add_argument("--url-rewrite", action="append", metavar="FROM=TO", help="map a URL prefix to a mirror")
-    chk.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
-    chk.add_argument("--replica-dir", help="where the replica keeps its files")
+    add_source_options(chk)
     chk.set_defaults(func=cmd_check)
     port = sub.add_parser(
         "port", help="rewrite a pangeo-forge-recipes recipe (0.9 or 0.10) or feedstock folder for forge"
