@@ -43,6 +43,7 @@ from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.errors import ForgeError
 from forge.io.storage import Storage
 from forge.publish import icechunk as icechunk_target
+from forge.recipe.patterns import FilePattern
 from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,13 @@ def read_state(
     return StoreState(concat_dim, int(attrs[INPUTS_ATTR]), group[concat_dim].shape[0], False)
 
 
-def new_inputs(recipe: XarrayZarrRecipe, state: StoreState) -> list[list[str]]:
-    """URLs of the pattern's inputs beyond the store (what an append would add), by concat position."""
+def new_inputs(pattern: FilePattern, concat_dim: str, held: int) -> list[list[str]]:
+    """URLs of the pattern's inputs beyond the ``held`` concat positions a store has (what an append
+    would add), by concat position."""
     by_position: dict[int, list[str]] = {}
-    for key, url in recipe.pattern.items():
-        if key[state.concat_dim] >= state.concat_inputs:
-            by_position.setdefault(key[state.concat_dim], []).append(url)
+    for key, url in pattern.items():
+        if key[concat_dim] >= held:
+            by_position.setdefault(key[concat_dim], []).append(url)
     return [by_position[p] for p in sorted(by_position)]
 
 
@@ -391,7 +393,7 @@ def plan_append(
     state = read_state(run.target_url, recipe.concat_dim, run.target_format)
     if state.pending:
         logger.warning("%s has an interrupted append: finishing it first", run.target_url)
-    positions = new_inputs(recipe, state)
+    positions = new_inputs(recipe.pattern, state.concat_dim, state.concat_inputs)
     n = available_prefix(positions, exists or source_probe(recipe, run))
     if n < len(positions):
         logger.info("the source has nothing from %s on yet: appending up to there", positions[n][0])

@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import fsspec
 import xarray as xr
 
+from forge.build.append import available_prefix, new_inputs
 from forge.build.caching import plan_cache
 from forge.build.target import COMPLETE_ATTR
 from forge.build.types import CacheBatch, RunSpec
 from forge.errors import ForgeError
-from forge.recipe.patterns import Key, rewrite_url
+from forge.recipe.patterns import Key
 from forge.recipe.recipes import ReferenceRecipe
 
 INPUTS_ATTR = "forge:referenced_inputs"  # concat positions the store references, for appends
@@ -239,33 +240,30 @@ def _container_store(prefix: str):
 
 
 def _repository(url: str, prefixes: Sequence[str] = (), create: bool = False):
-    """The Icechunk repository at ``url``, with a virtual chunk container for each of ``prefixes``
-    (added to its config) and read access to all of its containers."""
+    """The Icechunk repository at ``url`` (created when ``create`` or missing), with a virtual chunk
+    container for each of ``prefixes`` no container covers yet (saved in its config), opened with read
+    access to all of its containers."""
     import icechunk
 
     from forge.publish.icechunk import storage_for
 
     storage = storage_for(url)
-    if create or not icechunk.Repository.exists(storage):
-        config = icechunk.RepositoryConfig.default()
-        for prefix in prefixes:
-            config.set_virtual_chunk_container(
-                icechunk.VirtualChunkContainer(prefix, _container_store(prefix))
-            )
-        repo = icechunk.Repository.create(storage, config=config)
-    else:
-        config = icechunk.Repository.fetch_config(storage) or icechunk.RepositoryConfig.default()
-        known = set((config.virtual_chunk_containers or {}).keys())
-        missing = [p for p in prefixes if not any(p.startswith(k) for k in known)]
-        for prefix in missing:
-            config.set_virtual_chunk_container(
-                icechunk.VirtualChunkContainer(prefix, _container_store(prefix))
-            )
-        repo = icechunk.Repository.open(storage, config=config if missing else None)
-        if missing:
-            repo.save_config()
-    containers = set((repo.config.virtual_chunk_containers or {}).keys()) | set(prefixes)
-    return icechunk.Repository.open(storage, authorize_virtual_chunk_access=dict.fromkeys(containers))
+    new = create or not icechunk.Repository.exists(storage)
+    config = None if new else icechunk.Repository.fetch_config(storage)
+    config = config or icechunk.RepositoryConfig.default()
+    known = set(config.virtual_chunk_containers or {})
+    missing = [p for p in prefixes if not any(p.startswith(k) for k in known)]
+    for prefix in missing:
+        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, _container_store(prefix)))
+    access = dict.fromkeys(known | set(missing))
+    if new:
+        return icechunk.Repository.create(storage, config=config, authorize_virtual_chunk_access=access)
+    repo = icechunk.Repository.open(
+        storage, config=config if missing else None, authorize_virtual_chunk_access=access
+    )
+    if missing:
+        repo.save_config()
+    return repo
 
 
 def _write_icechunk(vds: xr.Dataset, run: RunSpec, append_dim: str | None, message: str) -> str:
@@ -307,18 +305,15 @@ def plan_reference_append(
     recipe: ReferenceRecipe, run: RunSpec, exists: Callable[[str], bool]
 ) -> tuple[RunSpec, int]:
     """The run that references what is new: the pattern's inputs beyond those the target references,
-    up to the first one the source does not have yet. Returns it and how many inputs it adds."""
+    up to the first one the source does not have yet (found as a store's append finds it, a gap at the
+    source refused). ``exists`` asks the source for a recipe URL. Returns the run and how many concat
+    positions it adds."""
     done = referenced_inputs(run)
     if done is None:
         raise ForgeError(f"{run.target_url}: nothing to append to (build the references first)")
     concat = recipe.concat_dim
-    keys = sorted({key[concat] for key in recipe.pattern}) if concat else []
-    present = done
-    for position in keys[done:]:
-        urls = [url for key, url in recipe.pattern.items() if key[concat] == position]
-        if not all(exists(rewrite_url(u, run.url_rewrites)) for u in urls):
-            break
-        present += 1
+    positions = new_inputs(recipe.pattern, concat, done) if concat else []
+    present = done + available_prefix(positions, exists)
     return replace(run, append_from=done, prune=present), present - done
 
 
