@@ -88,7 +88,12 @@ def _blocks(spec: VariableSpec, arr: zarr.Array, concat_dim: str) -> Iterator[di
 def _read(source: xr.Dataset | RawInput, spec: VariableSpec, indexers: dict[str, slice]) -> np.ndarray:
     if isinstance(source, RawInput):
         return np.asarray(source.read(spec.name, indexers), dtype=spec.encoded_dtype)
-    var = source[spec.name].variable[indexers].copy(deep=False)
+    return _encoded(source[spec.name].variable[indexers], spec)
+
+
+def _encoded(var: xr.Variable, spec: VariableSpec) -> np.ndarray:
+    """Decoded values as the target stores them (its packing, fill value, dtype)."""
+    var = var.copy(deep=False)
     var.encoding = dict(spec.encoding)
     return np.asarray(encode_cf_variable(var, name=spec.name).values, dtype=spec.encoded_dtype)
 
@@ -181,11 +186,8 @@ def processed_block(
             f"process_chunk on {label} changed {spec.name!r} ({got}; the target has dims {spec.dims}, "
             f"shape {shape} in this chunk): it must keep each variable's dimensions and shape"
         )
-    var = var.copy(deep=False)
-    var.encoding = dict(spec.encoding)
-    values = np.asarray(encode_cf_variable(var, name=spec.name).values, dtype=spec.encoded_dtype)
     region = tuple(slice(chunk.start, chunk.stop) if d == concat_dim else slice(None) for d in spec.dims)
-    return region, values
+    return region, _encoded(var, spec)
 
 
 def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch) -> BatchStats:

@@ -42,13 +42,16 @@ class CatalogError(LookupError):
     pass
 
 
-def _open(url: str, target_format: str) -> xr.Dataset:
+def open_published(url: str, target_format: str, references: bool = False, **kwargs: Any) -> xr.Dataset:
+    """What readers of the store at ``url`` see, lazily: an Icechunk repository's ``main``, a Zarr store,
+    or (``references``, and always for kerchunk JSON or Parquet) the sources behind references.
+    ``kwargs`` go to ``xr.open_zarr``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        if target_format in ("json", "parquet"):
-            return open_references(url)
+        if references or target_format in ("json", "parquet"):
+            return open_references(url, **kwargs)
         consolidated = False if target_format == "icechunk" else None
-        return xr.open_zarr(published_store(url, target_format), consolidated=consolidated)
+        return xr.open_zarr(published_store(url, target_format), consolidated=consolidated, **kwargs)
 
 
 def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str | None]]:
@@ -64,7 +67,7 @@ def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str 
             found.append((root.url(f"{recipe_id}.{fmt}"), fmt))
     stores = []
     for url, fmt in found:
-        attrs = dict(_open(url, fmt).attrs)
+        attrs = dict(open_published(url, fmt).attrs)
         if attrs.get(COMPLETE_ATTR) is True:
             stores.append((url, fmt, attrs.get("forge:dataset_version")))
     return stores
@@ -98,7 +101,7 @@ def write_recipe_entry(
         raise CatalogError(f"no published store of {recipe_id!r} under {target_root}")
     root = Storage(target_root)
     collection_dir = root.url(recipe_id)
-    opened = {url: _open(url, fmt) for url, fmt, _ in stores}
+    opened = {url: open_published(url, fmt) for url, fmt, _ in stores}
     infos = {url: _store_info(url, fmt, v, collection_dir, opened[url]) for url, fmt, v in stores}
     versioned = [i for i in infos.values() if i.version]
     latest_url = max(infos, key=lambda u: infos[u].major or 0)

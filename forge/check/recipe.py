@@ -5,17 +5,14 @@ is reported at once; only errors fail the check."""
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import xarray as xr
 import yaml
 
-from forge.build.references import open_references
 from forge.build.stages import run_spec_for
-from forge.build.target import published_store
+from forge.catalog.catalog import open_published
 from forge.check.cf import check_cf
 from forge.errors import ForgeError
 from forge.io.secrets import Lookup, env_lookup
@@ -63,15 +60,6 @@ def check_meta(meta_path: Path, report: Report) -> bool:
     return not found
 
 
-def _open(url: str, target_format: str, references: bool, **kwargs) -> xr.Dataset:
-    consolidated = False if target_format == "icechunk" else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        if references:
-            return open_references(url, **kwargs)
-        return xr.open_zarr(published_store(url, target_format), consolidated=consolidated, **kwargs)
-
-
 def check_recipe(
     ref: str,
     prune: int = 2,
@@ -108,8 +96,8 @@ def check_recipe(
             return report
         report.passed.append(f"pruned build of the first {prune} inputs")
         references = isinstance(recipe, ReferenceRecipe)
-        raw = _open(run.target_url, run.target_format, references, decode_cf=False)
-        decoded = _open(run.target_url, run.target_format, references)
+        raw = open_published(run.target_url, run.target_format, references, decode_cf=False)
+        decoded = open_published(run.target_url, run.target_format, references)
         findings = check_cf(raw, decoded)
     report.errors += [f"CF: {e}" for e in findings.errors]
     report.warnings += [f"CF: {w}" for w in findings.warnings]

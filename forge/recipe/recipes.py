@@ -186,18 +186,21 @@ class XarrayZarrRecipe(_OverPattern):
         if self.process_input is None:
             return ds
         args = (ds, url) if _input_arity(self.process_input) == 2 else (ds,)
-        out = call_recipe_code(self.process_input, f"process_input on {url}", *args)
-        if not isinstance(out, xr.Dataset):
-            raise RecipeCodeError(f"process_input returned {type(out).__name__} for {url}, not a Dataset")
-        return out
+        return _dataset_from(self.process_input, "process_input", url, *args)
 
     def postprocess_chunk(self, ds: xr.Dataset, label: str) -> xr.Dataset:
         """``process_chunk`` applied to one assembled chunk; its failures name the chunk and the recipe's
         line, and it must return a Dataset."""
-        out = call_recipe_code(self.process_chunk, f"process_chunk on {label}", ds)
-        if not isinstance(out, xr.Dataset):
-            raise RecipeCodeError(f"process_chunk returned {type(out).__name__} for {label}, not a Dataset")
-        return out
+        return _dataset_from(self.process_chunk, "process_chunk", label, ds)
+
+
+def _dataset_from(fn: Callable, hook: str, subject: str, *args: Any) -> xr.Dataset:
+    """``fn(*args)``, a recipe hook (``process_input``, ``process_chunk``) run on ``subject`` (an input's
+    URL, a chunk), which must return a Dataset."""
+    out = call_recipe_code(fn, f"{hook} on {subject}", *args)
+    if not isinstance(out, xr.Dataset):
+        raise RecipeCodeError(f"{hook} returned {type(out).__name__} for {subject}, not a Dataset")
+    return out
 
 
 @dataclass(frozen=True)
