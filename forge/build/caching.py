@@ -169,11 +169,12 @@ def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str,
 def summarize_batch(recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch) -> list[InputSummary]:
     storage = Storage(run.cache_root)
     out = []
+    merged = bool(recipe.pattern.merge_dims)  # inputs may repeat variables along the concat dimension
     for item in batch.items:
         size = 0 if reads_in_place(recipe) else storage.size(item.cache_key)
         location = location_of(recipe, item)
         with opened(recipe, storage, location, item.url) as ds:
-            out.append(summarize(ds, item.key, item.url, location, size, recipe.concat_dim))
+            out.append(summarize(ds, item.key, item.url, location, size, recipe.concat_dim, merged))
     return share_equal_parts(out)
 
 

@@ -144,9 +144,17 @@ def _digest(values: np.ndarray) -> str:
 
 
 def summarize(
-    ds: xr.Dataset, key: Key, url: str, location: str, size: int, concat_dim: str | None
+    ds: xr.Dataset,
+    key: Key,
+    url: str,
+    location: str,
+    size: int,
+    concat_dim: str | None,
+    merged: bool = False,
 ) -> InputSummary:
-    """Summarize one (decoded, preprocessed) input. Loads only the concat coordinate and static variables."""
+    """Summarize one (decoded, preprocessed) input. Loads only the concat coordinate and static variables,
+    and, when the pattern ``merged`` inputs, the small variables along the concat dimension (to compare
+    those several merged inputs repeat)."""
     if concat_dim is not None and concat_dim not in ds.dims:
         raise InputError(f"{url}: has no dimension {concat_dim!r} (dimensions: {sorted(map(str, ds.dims))})")
     variables = []
@@ -175,7 +183,7 @@ def summarize(
     concat_digests = {
         str(name): _digest(var.values)
         for name, var in ds.variables.items()
-        if concat_dim in var.dims and name != concat_dim and var.nbytes <= COMPARED_ALONG_CONCAT
+        if merged and concat_dim in var.dims and name != concat_dim and var.nbytes <= COMPARED_ALONG_CONCAT
     }
     return InputSummary(
         key=key,
