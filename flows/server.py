@@ -184,6 +184,15 @@ def _is_process(pid: int, marker: str) -> bool:
     return marker in cmdline.read_bytes().decode(errors="replace") if cmdline.exists() else True
 
 
+def wait_launched(process: subprocess.Popen, marker: str, timeout: float = 10.0) -> None:
+    """Until ``process`` shows ``marker`` in /proc: Popen returns as exec begins, and /proc shows an empty
+    command line until the kernel has set up the new program's arguments; a pid recorded before then
+    would look like another program's to the next command."""
+    deadline = time.monotonic() + timeout
+    while not _is_process(process.pid, marker) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _is_server_process(pid: int) -> bool:
     return _is_process(pid, SERVER_APP)
 
@@ -241,6 +250,7 @@ def kept_server(home: Path | None = None) -> KeptServer:
         if recorded is not None:
             _terminate(recorded.pid, SERVER_APP, home / STATE_FILE)  # gone, not answering as ours
         server = PrefectServer(ui=True).start(detached=True, log=home / "forge-server.log")
+        wait_launched(server.process, SERVER_APP)
         record = KeptServer(server.process.pid, server.port, str(home), prefect_version(), time.time())
         (home / STATE_FILE).write_text(json.dumps(asdict(record)))
         return record

@@ -13,12 +13,14 @@ import pytest
 
 from flows.server import (
     CLUSTER_FILE,
+    SERVER_APP,
     STATE_FILE,
     KeptCluster,
     KeptServer,
     kept_server,
     running_server,
     stop_kept_server,
+    wait_launched,
     worker_fingerprint,
 )
 from forge.replicas.oisst import OisstReplica
@@ -88,9 +90,11 @@ def test_a_stale_or_foreign_server_is_left_and_replaced(home, monkeypatch):
     prefect_home.mkdir(parents=True)
     other = subprocess.Popen(["sleep", "60"])  # the recorded pid, reused by another program
     impostor = subprocess.Popen(  # its command line names the server app, yet nothing answers
-        [sys.executable, "-c", "import time; time.sleep(60)", "prefect.server.api.server:create_app"],
+        [sys.executable, "-c", "import time; time.sleep(60)", SERVER_APP],
         start_new_session=True,
     )
+    wait_launched(other, "sleep")
+    wait_launched(impostor, SERVER_APP)
     home = prefect_home.resolve()
 
     def record(pid: int) -> None:
@@ -104,7 +108,9 @@ def test_a_stale_or_foreign_server_is_left_and_replaced(home, monkeypatch):
             "another program's process was killed"
         )
         record(impostor.pid)
-        server = kept_server(home).wait_ready()
+        server = kept_server(home)
+        assert server.booting(), "a server just launched must be recognized as booting by the next command"
+        server.wait_ready()
         assert server.pid != impostor.pid and running_server(home) == server
         impostor.wait(timeout=10)  # stopped: it claimed to be the recorded server and did not answer as one
         assert kept_server(home) == server  # found, not started again
