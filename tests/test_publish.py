@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,12 +227,12 @@ import json, os, sys, time
 import numpy as np
 import xarray as xr
 from forge.publish.icechunk import published_session
-seen = []
-while not os.path.exists({stop!r}):
+seen, deadline = [], time.monotonic() + 300
+while not os.path.exists({stop!r}) and time.monotonic() < deadline:
     ds = xr.open_zarr(published_session({url!r}).store, consolidated=False)
     seen.append([int(ds.sizes["time"]), bool((~np.isnan(ds.tas.values[:, 1:, :])).all())])
-    if len(seen) == 1:
-        print("reading", flush=True)
+    if len(seen) == 1 or seen[-1][0] != seen[-2][0]:
+        print(seen[-1][0], flush=True)  # each extent as it first sees it
 print(json.dumps(seen))
 """
 
@@ -244,11 +243,14 @@ def test_a_polling_reader_never_sees_a_partial_append(served, run_spec, days20, 
     stop = tmp_path / "stop"
     script = READER.format(url=run.target_url, stop=str(stop))
     reader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert reader.stdout.readline().strip() == "reading"
-    run_locally(recipe_for(served, 20), run, append=True)
-    time.sleep(1)
-    stop.touch()
-    seen = json.loads(reader.communicate(timeout=60)[0])
+    try:
+        assert reader.stdout.readline().strip() == "10"  # reading
+        run_locally(recipe_for(served, 20), run, append=True)
+        assert reader.stdout.readline().strip() == "20"  # the next extent it saw: the whole append
+    finally:
+        stop.touch()
+        out = reader.communicate(timeout=60)[0]
+    seen = json.loads(out)
     assert {n for n, _ in seen} == {10, 20}, seen  # the old extent, then the new: nothing in between
     assert all(complete for _, complete in seen)  # every read had all of its data
 
