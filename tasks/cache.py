@@ -55,6 +55,12 @@ def cache_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[InputSu
     return Opaque(cache_batch(recipe_for(run), run, batch.value, secret_lookup))
 
 
+# The slots of a run that dies without releasing them (killed, out of memory, its node gone) come back
+# when their lease expires: Prefect's default of 300 s held every later run of the source that long. The
+# lease is renewed every 45 s while the run lives, one small API call.
+SLOT_LEASE_SECONDS = 60
+
+
 @contextlib.contextmanager
 def source_host_slots(windows: Mapping[str, int]) -> Iterator[None]:
     """Hold ``windows[host]`` slots of each host's limit while the cache stage runs.
@@ -74,6 +80,7 @@ def source_host_slots(windows: Mapping[str, int]) -> Iterator[None]:
                     host_limit_name(host),
                     occupy=windows[host],
                     strict=True,  # a missing limit is a setup bug, not a reason to run unthrottled
+                    lease_duration=SLOT_LEASE_SECONDS,
                     raise_on_lease_renewal_failure=False,
                 )
             )
