@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ from forge.testing import (
     open_store,
     write_inputs,
 )
+from tests.test_catalog import assert_valid_stac
 
 
 def concat_pattern(srv, n_files: int, nitems: int | None = None, prefix: str = "all", **kw) -> FilePattern:
@@ -400,3 +402,57 @@ def test_write_batches_are_a_few_per_worker(served, run_spec, workers, expected)
     for batch in batches:
         writers.store_batch(recipe, target, batch)
     assert_store_matches(target.url, paths)
+
+
+def _ensemble(served) -> tuple[xr.Dataset, dict[tuple[int, int], Path]]:
+    """Three members, one file per member and 2 days, each with the member's coordinate and weight, the
+    shared static mask and time bounds: the layout of ensemble forecast archives."""
+    members = []
+    for m in range(3):
+        ds = make_dataset(6, packed=True, seed=m).expand_dims(member=[m], axis=1)
+        ds["mask"] = make_dataset(1).mask  # static: the same in every file
+        ds["weight"] = ("member", [0.5 + m])
+        ds["time_bnds"] = (("time", "nv"), np.arange(12.0).reshape(6, 2))
+        members.append(ds)
+    paths = {}
+    for m, ds in enumerate(members):
+        for t in range(3):
+            paths[t, m] = Path(served.root) / f"ens_{t}_{m}.nc"
+            ds.isel(time=slice(2 * t, 2 * t + 2)).to_netcdf(paths[t, m])
+    sources = [
+        xr.concat([xr.open_dataset(paths[t, m]) for t in range(3)], "time", data_vars="minimal").load()
+        for m in range(3)
+    ]
+    return xr.concat(sources, "member", data_vars="minimal"), paths
+
+
+def test_a_second_concat_dim_stacks_files_along_it_and_appends_along_the_first(served, run_spec):
+    expected, _ = _ensemble(served)
+
+    def recipe(days: int, **kwargs) -> XarrayZarrRecipe:
+        def url(time: int, member: int) -> str:
+            return f"{served.url}/ens_{time}_{member}.nc"
+
+        pattern = FilePattern(url, ConcatDim("time", list(range(days))), ConcatDim("member", [0, 1, 2]))
+        return XarrayZarrRecipe(pattern, target_chunks={"time": 4}, **kwargs)
+
+    out = run_locally(recipe(3), run_spec())
+    store = open_store(out["url"])
+    assert_same_dataset(store, expected)  # the static mask and the time bounds once, a weight per member
+    np.testing.assert_array_equal(store.weight, [0.5, 1.5, 2.5])
+    collection = json.loads((Path(out["url"]).parent / "test" / "collection.json").read_text())
+    assert_valid_stac(collection)
+    assert collection["cube:dimensions"]["member"] == {"type": "other", "extent": [0.0, 2.0]}
+    assert xr.open_zarr(out["url"]).tas.encoding["chunks"] == (4, 1, 3, 4)  # a member per chunk
+    assert zarr.open_group(out["url"])["tas"].dtype == np.int16  # packed values copied as they are
+
+    appended = run_spec(recipe_id="appended")
+    run_locally(recipe(2), appended)
+    assert open_store(appended.target_url).sizes == {"time": 4, "member": 3, "lat": 3, "lon": 4, "nv": 2}
+    run_locally(recipe(3), appended, append=True)
+    xr.testing.assert_identical(open_store(appended.target_url), open_store(out["url"]))
+
+    with pytest.raises(RecipeError, match=r"target_chunks\['member'\] = 2 does not divide .* \[1, 1, 1\]"):
+        run_locally(XarrayZarrRecipe(recipe(3).pattern, target_chunks={"member": 2}), run_spec(recipe_id="x"))
+    with pytest.raises(RecipeError, match="process_chunk is not supported with a second ConcatDim"):
+        recipe(3, process_chunk=lambda ds: ds)

@@ -164,3 +164,28 @@ def test_a_010_reference_pipeline_ports_and_runs_as_a_flow_then_appends(tmp_path
     assert appended.returncode == 0, appended.stdout[-3000:] + appended.stderr[-3000:]
     assert f"references: {url} (3 inputs)" in appended.stdout
     assert_references_match(url, sources(), 3)
+
+
+def test_references_stack_a_second_concat_dim_and_append_along_the_first(served, run_spec):
+    from tests.test_local_runner import _ensemble
+
+    expected, _ = _ensemble(served)
+
+    def recipe(days: int) -> ReferenceRecipe:
+        def url(time: int, member: int) -> str:
+            return f"{served.url}/ens_{time}_{member}.nc"
+
+        pattern = FilePattern(url, ConcatDim("time", list(range(days))), ConcatDim("member", [0, 1, 2]))
+        return ReferenceRecipe(pattern, target_format="json")
+
+    run = run_spec(target_format="json")
+    url = run_locally(recipe(2), run)["url"]
+    assert_same_dataset(_user_view(url), expected.isel(time=slice(0, 4)))
+    assert run_locally(recipe(3), run, append=True)["appended"] == 1
+    assert_same_dataset(_user_view(url), expected)
+
+
+def _user_view(url: str) -> xr.Dataset:
+    refs = open_references(url).load()
+    refs.attrs = {k: v for k, v in refs.attrs.items() if not k.startswith("forge:")}
+    return refs

@@ -36,6 +36,7 @@ from forge.build.target import (
     pending_marker,
     plan_write_batches,
     published_group,
+    stack_of,
     write_coordinate,
 )
 from forge.build.times import decode_times, exact_encoding, is_time_units
@@ -348,6 +349,7 @@ def prepare_append(
         appended=n_new,
         new_coordinate=encoded if transaction is None else None,
         checks=checks_for(recipe, run, template),
+        stack=stack_of(recipe, template),
         transaction=transaction,
         dataset_version=group.attrs.get("forge:dataset_version"),  # appends never change it
     )

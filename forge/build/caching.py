@@ -169,7 +169,8 @@ def opened(recipe: XarrayZarrRecipe, storage: Storage, location: str, name: str,
 def summarize_batch(recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch) -> list[InputSummary]:
     storage = Storage(run.cache_root)
     out = []
-    merged = bool(recipe.pattern.merge_dims)  # inputs may repeat variables along the concat dimension
+    # Inputs may repeat variables along the concat dimension (bounds): merged or stacked ones
+    merged = bool(recipe.pattern.merge_dims) or recipe.stack_dim is not None
     for item in batch.items:
         size = 0 if reads_in_place(recipe) else storage.size(item.cache_key)
         location = location_of(recipe, item)

@@ -8,6 +8,7 @@ the slice it needs. Writers are grouped into contiguous batches; task runs grow 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,42 @@ class ChunkWrite:
     start: int
     stop: int
     pieces: tuple[Piece, ...]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Files stacked whole along ``dim`` (a second ConcatDim): stack position ``j`` holds items
+    ``[offsets[j], offsets[j + 1])`` of the target along it."""
+
+    dim: str
+    lengths: tuple[int, ...]
+
+    def locate(self, region: slice) -> tuple[int, slice]:
+        """The stack position holding ``region`` of the target, and the region within its files.
+
+        >>> Stack("member", (2, 2, 1)).locate(slice(2, 4))
+        (1, slice(0, 2, None))
+        """
+        offsets = [0, *accumulate(self.lengths)]
+        j = bisect.bisect_right(offsets, region.start) - 1
+        if not 0 <= j < len(self.lengths) or region.stop > offsets[j + 1]:
+            raise ValueError(f"{self.dim} [{region.start}, {region.stop}) is not within one stacked input")
+        return j, slice(region.start - offsets[j], region.stop - offsets[j])
+
+    def chunk(self, requested: int | None) -> int:
+        """The target chunk along the stack dimension: ``requested``, or the largest that fits every
+        input's length; it must divide each, so that no chunk takes items of two inputs.
+
+        >>> Stack("member", (2, 4, 2)).chunk(None)
+        2
+        """
+        size = requested or math.gcd(*self.lengths)
+        if any(n % size for n in self.lengths):
+            raise ValueError(
+                f"target_chunks[{self.dim!r}] = {size} does not divide the inputs' lengths along "
+                f"{self.dim!r} {list(self.lengths)}: a chunk along a stacked dimension is one input's"
+            )
+        return size
 
 
 def split_evenly(n: int, parts: int) -> list[range]:

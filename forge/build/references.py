@@ -102,29 +102,31 @@ def reference_batch(recipe: ReferenceRecipe, batch: CacheBatch) -> list[tuple[Ke
 
 def combine(recipe: ReferenceRecipe, refs: Sequence[tuple[Key, xr.Dataset]]) -> xr.Dataset:
     """The inputs' virtual datasets as one: concatenated along the concat dimension (in key order),
-    merged across merge dimensions."""
-    concat = recipe.concat_dim
-    groups: dict[tuple, list[tuple[Key, xr.Dataset]]] = {}
+    stacked along a second ConcatDim, merged across merge dimensions."""
+    concat, stack = recipe.concat_dim, recipe.stack_dim
+    groups: dict[tuple, dict[int, list[tuple[Key, xr.Dataset]]]] = {}
     for key, vds in refs:
         merge_at = tuple((d.name, key[d.name]) for d in recipe.pattern.merge_dims)
-        groups.setdefault(merge_at, []).append((key, vds))
+        groups.setdefault(merge_at, {}).setdefault(key[stack] if stack else 0, []).append((key, vds))
     parts = []
-    for members in groups.values():
-        members.sort(key=lambda kv: kv[0][concat] if concat else 0)
-        datasets = [vds for _, vds in members]
-        if concat and len(datasets) > 1:
-            parts.append(_concat(datasets, concat))
-        else:
-            parts.append(datasets[0])
+    for stacked in groups.values():
+        along = []
+        for _, members in sorted(stacked.items()):
+            members.sort(key=lambda kv: kv[0][concat] if concat else 0)
+            datasets = [vds for _, vds in members]
+            along.append(_concat(datasets, concat) if concat and len(datasets) > 1 else datasets[0])
+        parts.append(_concat(along, stack) if len(along) > 1 else along[0])
     if len(parts) == 1:
         return parts[0]
     return xr.merge(parts, compat="override", combine_attrs="drop_conflicts")
 
 
 def _concat(datasets: Sequence[xr.Dataset], dim: str, attrs: str = "drop_conflicts") -> xr.Dataset:
-    """Virtual datasets end to end along ``dim``; the rest (coordinates along other dimensions) from the
-    first: its references are the same file's."""
-    return xr.concat(datasets, dim=dim, coords="minimal", compat="override", combine_attrs=attrs)
+    """Virtual datasets end to end along ``dim``; the rest (variables without ``dim``: static ones,
+    bounds stacked inputs share) from the first: its references are the same file's."""
+    return xr.concat(
+        datasets, dim=dim, data_vars="minimal", coords="minimal", compat="override", combine_attrs=attrs
+    )
 
 
 def _attrs(recipe: ReferenceRecipe, run: RunSpec, source: dict, n_inputs: int) -> dict:

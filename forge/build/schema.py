@@ -84,6 +84,9 @@ class Template:
     attrs: dict[str, Any]
     concat_values: np.ndarray | None = None
     concat_encoding: dict[str, Any] = field(default_factory=dict)
+    # A second ConcatDim: files stacked whole along it, each stack position this long along it.
+    stack_dim: str | None = None
+    stack_lengths: tuple[int, ...] = ()
 
     @property
     def concat_variables(self) -> tuple[VariableSpec, ...]:
@@ -95,6 +98,8 @@ class Template:
 
     def digest(self) -> str:
         h = hashlib.sha256(repr((self.concat_dim, self.lengths, sorted(self.sizes.items()))).encode())
+        if self.stack_dim is not None:
+            h.update(repr((self.stack_dim, self.stack_lengths)).encode())
         for v in self.variables:
             h.update(repr((v.name, v.dims, v.shape, str(v.dtype), _sorted_repr(v.encoding))).encode())
         if self.concat_values is not None:
@@ -238,21 +243,35 @@ def _differs_along_concat(
         first = at.get(s.key[concat_dim])
         mine, theirs = s.concat_digests.get(name), first.concat_digests.get(name) if first else None
         if mine is None or theirs is None:
-            return f"variable {name!r} along {concat_dim!r} is in more than one merged input ({s.url})"
+            return f"variable {name!r} along {concat_dim!r} is in more than one input of a step ({s.url})"
         if mine != theirs:
             return (
-                f"variable {name!r} along {concat_dim!r} is in more than one merged input and differs: "
+                f"variable {name!r} along {concat_dim!r} is in more than one input of a step and differs: "
                 f"{s.url} and {first.url}"
             )
     return None
 
 
-def _merge_part(key: Key, concat_dim: str | None) -> tuple[tuple[str, int], ...]:
-    return tuple((n, p) for n, p in key.positions if n != concat_dim)
+def _merge_part(key: Key, *dims: str | None) -> tuple[tuple[str, int], ...]:
+    """The key's positions but along ``dims``."""
+    return tuple((n, p) for n, p in key.positions if n not in dims)
+
+
+def _check_same_names(ref: InputSummary, other: InputSummary) -> None:
+    names, other_names = {v.name for v in ref.variables}, {v.name for v in other.variables}
+    if names != other_names:
+        missing, extra = sorted(names - other_names), sorted(other_names - names)
+        detail = f"missing {missing}" if missing else f"unexpected {extra}"
+        raise InputError(f"{other.url}: variables differ from {ref.url}: {detail}")
 
 
 def _check_same_variable(
-    ref: VariableSummary, other: VariableSummary, ref_url: str, url: str, concat_dim: str | None
+    ref: VariableSummary,
+    other: VariableSummary,
+    ref_url: str,
+    url: str,
+    concat_dim: str | None,
+    stack_dim: str | None = None,
 ) -> None:
     if ref is other:
         return
@@ -260,7 +279,7 @@ def _check_same_variable(
     if ref.dims != other.dims:
         raise InputError(f"variable {name!r} has dims {other.dims} in {url} but {ref.dims} in {ref_url}")
     for dim, a, b in zip(ref.dims, ref.shape, other.shape, strict=True):
-        if dim != concat_dim and a != b:
+        if dim not in (concat_dim, stack_dim) and a != b:
             raise InputError(
                 f"variable {name!r}: dimension {dim!r} has size {b} in {url} but {a} in {ref_url}"
             )
@@ -271,7 +290,7 @@ def _check_same_variable(
             f"variable {name!r} uses calendar {other.encoding.get('calendar')!r} in {url} "
             f"but {ref.encoding.get('calendar')!r} in {ref_url}"
         )
-    if ref.digest != other.digest:
+    if ref.digest != other.digest and stack_dim not in ref.dims:
         raise InputError(f"static variable {name!r} has different values in {url} than in {ref_url}")
 
 
@@ -281,8 +300,10 @@ def combine(
     *,
     preprocessed: bool = False,
     nitems_per_file: int | None = None,
+    stack_dim: str | None = None,
 ) -> Template:
-    """Check that all inputs agree and build the target's :class:`Template`."""
+    """Check that all inputs agree and build the target's :class:`Template`. Inputs at the positions of
+    a ``stack_dim`` hold the same variables, stacked along it."""
     if not summaries:
         raise InputError("the pattern has no inputs")
     ordered = sorted(share_equal_parts(summaries), key=lambda s: s.key)
@@ -308,35 +329,44 @@ def combine(
             )
         lengths.setdefault(pos, (n, s.url))
     length_list = tuple(lengths[p][0] for p in sorted(lengths))
+    stack_list = _stack_lengths(ordered, stack_dim) if stack_dim is not None else ()
 
     specs: dict[str, VariableSpec] = {}
     sizes: dict[str, int] = {}
     static_digests: dict[str, tuple[str | None, str]] = {}
+    first_group: dict[str, tuple] = {}  # each variable's first group of inputs
+    first_of_source: dict[tuple, tuple] = {}  # each merge group's first stack position's group
     for merge_pos, members in groups.items():
         ref = members[0]
-        names = {v.name for v in ref.variables}
+        source = _merge_part(ref.key, concat_dim, stack_dim)
         for other in members[1:]:
             if other.variables is ref.variables:  # shared (share_equal_parts): nothing to compare
                 continue
-            other_names = {v.name for v in other.variables}
-            if names != other_names:
-                missing, extra = sorted(names - other_names), sorted(other_names - names)
-                detail = f"missing {missing}" if missing else f"unexpected {extra}"
-                raise InputError(f"{other.url}: variables differ from {ref.url}: {detail}")
+            _check_same_names(ref, other)
             for v in other.variables:
                 _check_same_variable(ref.variable(v.name), v, ref.url, other.url, concat_dim)
+        stacked_first = groups[first_of_source.setdefault(source, merge_pos)][0]
+        if stacked_first.variables is not ref.variables:  # another stack position: the same variables
+            _check_same_names(stacked_first, ref)
         for dim, n in ref.dims.items():
-            if dim == concat_dim:
+            if dim in (concat_dim, stack_dim):
                 continue
             if sizes.setdefault(dim, n) != n:
                 raise InputError(f"dimension {dim!r} has size {n} in {ref.url} but {sizes[dim]} elsewhere")
         for v in ref.variables:
             along = concat_dim in v.dims
+            if v.name in specs and specs[v.name].source == source:
+                kept = groups[first_group[v.name]]  # the same variable, at another stack position
+                if v.name == concat_dim:
+                    _check_same_steps(kept, members, concat_dim)
+                else:
+                    specs[v.name] = _stacked(specs[v.name], kept, members, concat_dim, stack_dim)
+                continue
             if v.name in specs:
                 if v.name == concat_dim:
                     continue
                 if along and specs[v.name].along_concat:  # e.g. climatology_bounds in every merged file
-                    kept = groups[specs[v.name].source]
+                    kept = groups[first_group[v.name]]
                     if problem := _differs_along_concat(v.name, kept, members, concat_dim):
                         raise InputError(problem)
                     continue
@@ -354,9 +384,9 @@ def combine(
                 m.variables is ref.variables or _same_encoding(m.variable(v.name).encoding, v.encoding)
                 for m in members
             )
-            shape = tuple(
-                sum(length_list) if d == concat_dim else n for d, n in zip(v.dims, v.shape, strict=True)
-            )
+            whole = {concat_dim: sum(length_list), stack_dim: sum(stack_list)}
+            shape = tuple(whole.get(d, n) for d, n in zip(v.dims, v.shape, strict=True))
+            first_group[v.name] = merge_pos
             specs[v.name] = VariableSpec(
                 v.name,
                 v.dims,
@@ -365,12 +395,14 @@ def combine(
                 v.attrs,
                 dict(v.encoding),
                 v.is_coord,
-                merge_pos,
+                source,
                 along,
                 raw_ok,
             )
     if concat_dim is not None:
         sizes[concat_dim] = sum(length_list)
+    if stack_dim is not None:
+        sizes[stack_dim] = sum(stack_list)
 
     concat_values, concat_encoding = None, {}
     if concat_dim is not None and ordered[0].concat_values is not None:
@@ -381,8 +413,61 @@ def combine(
         if all(s.attrs is ordered[0].attrs or (k in s.attrs and _same(s.attrs[k], v)) for s in ordered[1:])
     }
     return Template(
-        concat_dim, length_list, sizes, tuple(specs.values()), attrs, concat_values, concat_encoding
+        concat_dim,
+        length_list,
+        sizes,
+        tuple(specs.values()),
+        attrs,
+        concat_values,
+        concat_encoding,
+        stack_dim,
+        stack_list,
     )
+
+
+def _stack_lengths(ordered: Sequence[InputSummary], stack_dim: str) -> tuple[int, ...]:
+    """Each stack position's length along ``stack_dim``, the same in all of its inputs."""
+    found: dict[int, tuple[int, str]] = {}
+    for s in ordered:
+        if stack_dim not in s.dims:
+            dims = sorted(s.dims)
+            raise InputError(f"{s.url}: has no dimension {stack_dim!r} to stack along (dimensions: {dims})")
+        j, n = s.key[stack_dim], s.dims[stack_dim]
+        if found.setdefault(j, (n, s.url))[0] != n:
+            raise InputError(f"{s.url} has {n} items along {stack_dim!r} but {found[j][1]} has {found[j][0]}")
+    return tuple(found[j][0] for j in sorted(found))
+
+
+def _check_same_steps(kept: Sequence[InputSummary], members: Sequence[InputSummary], concat_dim: str) -> None:
+    """Stacked inputs hold the same steps along the concat dimension."""
+    at = {s.key[concat_dim]: s for s in kept}
+    for s in members:
+        first = at.get(s.key[concat_dim])
+        if first is not None and not np.array_equal(first.concat_values, s.concat_values):
+            raise InputError(f"{s.url}: its {concat_dim!r} values differ from those of {first.url}")
+
+
+def _stacked(
+    spec: VariableSpec,
+    kept: Sequence[InputSummary],
+    members: Sequence[InputSummary],
+    concat_dim: str | None,
+    stack_dim: str | None,
+) -> VariableSpec:
+    """``spec`` once the inputs of another stack position (``members``) are checked to hold it alike:
+    the same dims, dtype and calendar; static values equal unless along the stack dimension; small
+    variables along the concat one equal unless along the stack one (bounds: kept once)."""
+    first, ref = kept[0].variable(spec.name), members[0]
+    other = ref.variable(spec.name)
+    _check_same_variable(first, other, kept[0].url, ref.url, concat_dim, stack_dim)
+    bounds_like = spec.along_concat and stack_dim not in spec.dims and spec.name != concat_dim
+    if bounds_like and (problem := _differs_along_concat(spec.name, kept, members, concat_dim)):
+        raise InputError(problem)
+    same = all(
+        m.variables is kept[0].variables or _same_encoding(m.variable(spec.name).encoding, first.encoding)
+        for m in members
+    )
+    return spec if same or not spec.raw_ok else replace(spec, raw_ok=False)
 
 
 def _concat_coordinate(

@@ -26,10 +26,11 @@ from forge._version import __version__
 from forge.build.acceptance import run_checks
 from forge.build.caching import opened
 from forge.build.chunking import dynamic_chunks
-from forge.build.plan import batch_chunks, chunk_writes, default_chunk
+from forge.build.plan import Stack, batch_chunks, chunk_writes, default_chunk
 from forge.build.schema import InputSummary, Template, VariableSpec, combine
 from forge.build.times import exact_encoding, is_time_units
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.errors import RecipeError
 from forge.io.storage import Storage, zarr_store
 from forge.publish import icechunk as icechunk_target
 from forge.publish.validate import Checks, check_coordinate, check_no_retraction
@@ -112,6 +113,11 @@ def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
     return default_chunk(item_bytes, template.sizes[dim])
 
 
+def stack_of(recipe: XarrayZarrRecipe, template: Template) -> Stack | None:
+    """How the inputs are stacked along a second ConcatDim (None: there is none)."""
+    return Stack(template.stack_dim, template.stack_lengths) if template.stack_dim else None
+
+
 def _chunks_for(
     recipe: XarrayZarrRecipe, spec: VariableSpec, template: Template, chunk: int
 ) -> tuple[int, ...]:
@@ -119,8 +125,15 @@ def _chunks_for(
         # Static variables and dimension coordinates, the concat one included: one chunk each, so that
         # opening the dataset reads one object per index (as pangeo-forge's ConsolidateDimensionCoordinates).
         return spec.shape
+    stack = stack_of(recipe, template)
+    fixed = {template.concat_dim: chunk}
+    if stack is not None:
+        try:
+            fixed[stack.dim] = stack.chunk(recipe.target_chunks.get(stack.dim))
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
     return tuple(
-        chunk if d == template.concat_dim else min(n, recipe.target_chunks.get(d, n))
+        fixed.get(d, min(n, recipe.target_chunks.get(d, n)))
         for d, n in zip(spec.dims, spec.shape, strict=True)
     )
 
@@ -199,6 +212,7 @@ def combine_inputs(recipe: XarrayZarrRecipe, summaries: Sequence[InputSummary]) 
         recipe.concat_dim,
         preprocessed=recipe.process_input is not None,
         nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None,
+        stack_dim=recipe.stack_dim,
     )
 
 
@@ -206,18 +220,27 @@ def _template_dataset(
     recipe: XarrayZarrRecipe, run: RunSpec, template: Template, summaries: Sequence[InputSummary], chunk: int
 ) -> xr.Dataset:
     storage = Storage(run.cache_root)
-    first_of_group: dict[tuple, InputSummary] = {}
+    stack = template.stack_dim
+    # The first input of each merge group, and of each stack position in it (in order along the stack).
+    first_of_group: dict[tuple, dict[int, InputSummary]] = {}
     for s in sorted(summaries, key=lambda s: s.key):
-        first_of_group.setdefault(tuple((n, p) for n, p in s.key.positions if n != template.concat_dim), s)
+        source = tuple((n, p) for n, p in s.key.positions if n not in (template.concat_dim, stack))
+        first_of_group.setdefault(source, {}).setdefault(s.key[stack] if stack else 0, s)
     variables: dict[str, xr.Variable] = {}
     statics = [v for v in template.variables if not v.along_concat]
-    for source, s in first_of_group.items():
+    for source, firsts in first_of_group.items():
         wanted = [v for v in statics if v.source == source]
-        if not wanted:
-            continue
-        with opened(recipe, storage, s.location, s.url) as ds:
-            for v in wanted:
-                variables[v.name] = ds[v.name].variable.load().copy()
+        parts: dict[str, list[xr.Variable]] = {v.name: [] for v in wanted}
+        for j, s in sorted(firsts.items()):
+            # Along the stack dimension: from every stack position; the others from the first.
+            here = [v for v in wanted if stack in v.dims or j == min(firsts)]
+            if not here:
+                continue
+            with opened(recipe, storage, s.location, s.url) as ds:
+                for v in here:
+                    parts[v.name].append(ds[v.name].variable.load().copy())
+        for name, found in parts.items():
+            variables[name] = found[0] if len(found) == 1 else xr.Variable.concat(found, stack)
     for v in template.variables:
         chunks = _chunks_for(recipe, v, template, chunk)
         if v.name == template.concat_dim and template.concat_values is not None:
@@ -253,20 +276,26 @@ def plan_write_batches(
     workers is known: every batch is a task run, whose orchestration costs what writing a chunk costs.
     ``sessions``: one Icechunk fork per batch, at least as many as there are batches.
     """
-    dim = template.concat_dim
+    dim, stack = template.concat_dim, template.stack_dim
     location = {
-        (s.key[dim], tuple((n, p) for n, p in s.key.positions if n != dim)): (s.location, s.url)
+        (
+            s.key[dim],
+            tuple((n, p) for n, p in s.key.positions if n not in (dim, stack)),
+            s.key[stack] if stack else 0,
+        ): (s.location, s.url)
         for s in summaries
     }
     first = min(s.key[dim] for s in summaries)
     writes = chunk_writes(template.lengths, chunk, offset=offset, first_position=first)
-    sources = {v.source for v in template.concat_variables}
+    sources = {
+        (v.source, j) for v in template.concat_variables for j in range(len(template.stack_lengths) or 1)
+    }
     batches = []
     n_batches = n_write_batches(recipe, workers)
     labels = [_value_text(v) for v in template.concat_values] if template.concat_values is not None else []
     for i, chunks in enumerate(batch_chunks(writes, n_batches)):
         positions = {p.position for c in chunks for p in c.pieces}
-        inputs = {(p, m): location[(p, m)] for p in positions for m in sources}
+        inputs = {(p, m, j): location[(p, m, j)] for p in positions for m, j in sources}
         start, stop = chunks[0].start, chunks[-1].stop
         batch_labels = tuple(labels[start - offset : stop - offset]) or tuple(map(str, range(start, stop)))
         session = sessions[i] if sessions else None
@@ -341,6 +370,7 @@ def prepare_target(
         sum(len(b.chunks) for b in batches),
         concat_inputs=len(template.lengths) if template.concat_dim else 1,
         checks=checks_for(recipe, run, template),
+        stack=stack_of(recipe, template),
         transaction=transaction,
         publish_to=publish_to,
         dataset_version=run.version,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from forge.build.plan import ChunkWrite
+from forge.build.plan import ChunkWrite, Stack
 from forge.build.schema import VariableSpec
 from forge.io.storage import join
 from forge.publish.icechunk import Transaction
@@ -86,8 +86,8 @@ class CacheBatch:
 class WriteBatch:
     label: str
     chunks: tuple[ChunkWrite, ...]
-    # (concat position, merge positions) -> (location, url) of each input this batch reads
-    inputs: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[str, str]] = field(default_factory=dict)
+    # (concat position, merge positions, stack position) -> (location, url) of each input this batch reads
+    inputs: dict[tuple[int, tuple[tuple[str, int], ...], int], tuple[str, str]] = field(default_factory=dict)
     # The concat coordinate's values at the batch's positions, from ``label_start`` on, for messages.
     labels: tuple[str, ...] = ()
     label_start: int = 0
@@ -125,6 +125,7 @@ class TargetSpec:
     # finalize moves it here once it is complete.
     publish_to: str | None = None
     dataset_version: str | None = None  # "MAJOR.MINOR" the store holds once published
+    stack: Stack | None = None  # inputs stacked along a second ConcatDim
 
     @property
     def published_url(self) -> str:

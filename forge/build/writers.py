@@ -22,7 +22,7 @@ import zarr
 from xarray.conventions import encode_cf_variable
 
 from forge.build.caching import opened
-from forge.build.plan import ChunkWrite
+from forge.build.plan import ChunkWrite, Stack
 from forge.build.schema import VariableSpec
 from forge.build.target import open_group
 from forge.build.types import TargetSpec, WriteBatch
@@ -54,12 +54,15 @@ class _Inputs:
     def __init__(self, recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch):
         self.recipe, self.batch = recipe, batch
         self.storage = Storage(target.run.cache_root)
-        self.open: dict[tuple[int, tuple, bool], tuple[xr.Dataset | RawInput, contextlib.ExitStack]] = {}
+        self.open: dict[tuple[int, tuple, int, bool], tuple[xr.Dataset | RawInput, contextlib.ExitStack]] = {}
 
-    def dataset(self, position: int, source: tuple, raw: bool) -> tuple[xr.Dataset | RawInput, str]:
-        """The input at ``position`` holding variables of merge ``source``, and its URL for messages."""
-        location, url = self.batch.inputs[(position, source)]
-        key = (position, source, raw)
+    def dataset(
+        self, position: int, source: tuple, raw: bool, stacked: int = 0
+    ) -> tuple[xr.Dataset | RawInput, str]:
+        """The input at concat ``position`` and stack position ``stacked`` holding variables of merge
+        ``source``, and its URL for messages."""
+        location, url = self.batch.inputs[(position, source, stacked)]
+        key = (position, source, stacked, raw)
         if key not in self.open:
             stack = contextlib.ExitStack()
             self.open[key] = (
@@ -112,9 +115,15 @@ def slabs(start: int, stop: int, item_bytes: int, limit: int | None = None) -> I
 
 
 def chunk_blocks(
-    inputs: _Inputs, spec: VariableSpec, arr: zarr.Array, chunk: ChunkWrite, concat_dim: str
+    inputs: _Inputs,
+    spec: VariableSpec,
+    arr: zarr.Array,
+    chunk: ChunkWrite,
+    concat_dim: str,
+    stack: Stack | None = None,
 ) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
-    """Each (region, encoded values) of one target chunk of one variable, assembled from input slices."""
+    """Each (region, encoded values) of one target chunk of one variable, assembled from input slices
+    (a block along a stack dimension is read from the one stacked input that holds it)."""
     axis = spec.dims.index(concat_dim)
     length = chunk.stop - chunk.start
     size = arr.chunks[axis]
@@ -131,10 +140,13 @@ def chunk_blocks(
         shape = [length if d == concat_dim else block[d].stop - block[d].start for d in spec.dims]
         buf = np.empty(shape, dtype=spec.encoded_dtype)
         item_bytes = buf.size // length * max(spec.dtype.itemsize, buf.itemsize)  # one step, decoded
+        stacked, within = 0, dict(block)
+        if stack is not None and stack.dim in block:
+            stacked, within[stack.dim] = stack.locate(block[stack.dim])
         for piece in chunk.pieces:
-            source, url = inputs.dataset(piece.position, spec.source, spec.raw_ok)
+            source, url = inputs.dataset(piece.position, spec.source, spec.raw_ok, stacked)
             for lo, hi in slabs(piece.src_start, piece.src_stop, item_bytes):
-                indexers = {**block, concat_dim: slice(lo, hi)}
+                indexers = {**within, concat_dim: slice(lo, hi)}
                 dst = [slice(None)] * len(shape)
                 dst[axis] = slice(
                     piece.dst_start + lo - piece.src_start, piece.dst_start + hi - piece.src_start
@@ -221,7 +233,7 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
                 blocks = (
                     [processed_block(processed, spec, chunk, target.concat_dim, where)]
                     if processed is not None
-                    else chunk_blocks(inputs, spec, arr, chunk, target.concat_dim)
+                    else chunk_blocks(inputs, spec, arr, chunk, target.concat_dim, target.stack)
                 )
                 try:
                     for region, buf in blocks:

@@ -2,8 +2,9 @@
 
 The API follows pangeo-forge-recipes, so existing patterns port unchanged: the format function takes one
 keyword argument per dimension, ``ConcatDim`` concatenates files along a dimension and ``MergeDim`` merges
-files that hold different variables. Keys are generated lazily: a pattern over 225,000 keys costs nothing
-until it is iterated.
+files that hold different variables. A second ``ConcatDim`` stacks files along another dimension (ensemble
+members, tiles): the first is the one the store grows along. Keys are generated lazily: a pattern over
+225,000 keys costs nothing until it is iterated.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class FilePattern:
     format_function
         Called with one keyword argument per dimension (the key at that position); returns a URL.
     *combine_dims
-        At most one :class:`ConcatDim` and any number of :class:`MergeDim`.
+        Any number of :class:`MergeDim` and one or two :class:`ConcatDim`. The first ConcatDim is the
+        one the write plan cuts into chunks and appends extend; files are stacked whole along a second
+        one (its target chunks must divide each file's length along it).
     fsspec_open_kwargs
         Options for opening sources (``auth=(user, Secret("PASSWORD_VAR"))``, ``headers=...``).
         Secret values must be given as :class:`~forge.io.secrets.Secret` names, never as plain strings.
@@ -145,8 +148,11 @@ class FilePattern:
         names = [d.name for d in combine_dims]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate combine dimension names: {names}")
-        if sum(isinstance(d, ConcatDim) for d in combine_dims) > 1:
-            raise ValueError("a FilePattern supports at most one ConcatDim (and any number of MergeDims)")
+        if sum(isinstance(d, ConcatDim) for d in combine_dims) > 2:
+            raise ValueError(
+                "a FilePattern supports at most two ConcatDims (one to grow along, one to stack files "
+                "along) and any number of MergeDims"
+            )
         params = inspect.signature(format_function).parameters
         has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         missing = [n for n in names if n not in params and not has_var_kw]
@@ -178,7 +184,15 @@ class FilePattern:
 
     @property
     def concat_dim(self) -> ConcatDim | None:
+        """The dimension the store is built and appended along: the first ConcatDim."""
         return next((d for d in self.combine_dims if isinstance(d, ConcatDim)), None)
+
+    @property
+    def stack_dim(self) -> ConcatDim | None:
+        """A second ConcatDim, along which files are stacked whole (None: there is none)."""
+        return next(
+            itertools.islice((d for d in self.combine_dims if isinstance(d, ConcatDim)), 1, None), None
+        )
 
     @property
     def merge_dims(self) -> tuple[MergeDim, ...]:
@@ -206,11 +220,13 @@ class FilePattern:
         return self.keys()
 
     def prune(self, nkeep: int = 2) -> FilePattern:
-        """A copy keeping the first ``nkeep`` keys of the concat dimension (all merge keys are kept)."""
+        """A copy keeping the first ``nkeep`` keys of the concat dimension (all merge and stack keys are
+        kept)."""
         if nkeep < 1:
             raise ValueError("prune: nkeep must be >= 1")
+        first = self.concat_dim
         dims = tuple(
-            ConcatDim(d.name, list(d.keys[:nkeep]), d.nitems_per_file) if isinstance(d, ConcatDim) else d
+            ConcatDim(d.name, list(d.keys[:nkeep]), d.nitems_per_file) if d is first else d
             for d in self.combine_dims
         )
         return FilePattern(

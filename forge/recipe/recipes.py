@@ -47,6 +47,11 @@ class _OverPattern:
         concat = self.pattern.concat_dim
         return concat.name if concat else None
 
+    @property
+    def stack_dim(self) -> str | None:
+        stack = self.pattern.stack_dim
+        return stack.name if stack else None
+
     def pruned(self, nkeep: int | None) -> Self:
         if nkeep is None:
             return self
@@ -177,6 +182,11 @@ class XarrayZarrRecipe(_OverPattern):
             _input_arity(self.process_input)
         if self.process_chunk is not None and not callable(self.process_chunk):
             raise RecipeError(f"process_chunk must be a function f(ds) -> ds, not {self.process_chunk!r}")
+        if self.process_chunk is not None and self.pattern.stack_dim is not None:
+            raise RecipeError(
+                "process_chunk is not supported with a second ConcatDim: its chunks would be assembled "
+                "across stacked inputs; use process_input on each input instead"
+            )
         if "dim" in self.xarray_concat_kwargs:
             raise RecipeError("xarray_concat_kwargs cannot set dim: it is the pattern's ConcatDim")
 

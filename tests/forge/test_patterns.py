@@ -41,8 +41,8 @@ def test_prune_keeps_first_concat_keys_and_all_merge_keys():
 def test_bad_patterns_are_refused():
     with pytest.raises(ValueError, match="no argument"):
         FilePattern(lambda time: "x", ConcatDim("date", [1]))
-    with pytest.raises(ValueError, match="at most one ConcatDim"):
-        FilePattern(lambda a, b: "x", ConcatDim("a", [1]), ConcatDim("b", [1]))
+    with pytest.raises(ValueError, match="at most two ConcatDims"):
+        FilePattern(lambda a, b, c: "x", ConcatDim("a", [1]), ConcatDim("b", [1]), ConcatDim("c", [1]))
     with pytest.raises(TypeError, match="Secret"):
         FilePattern(lambda t: "x", ConcatDim("t", [1]), fsspec_open_kwargs={"auth": ("user", "hunter2")})
     with pytest.raises(TypeError, match="credential"):

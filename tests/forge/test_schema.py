@@ -110,3 +110,34 @@ def test_shared_parts_still_catch_a_different_input():
     days[2] = days[2].assign(lat=days[2].lat + 1)
     with pytest.raises(InputError, match="'lat' has different values in https://e.org/2.nc"):
         combine(share_equal_parts(summaries(days)), "time")
+
+
+def test_stacked_inputs_must_agree_on_steps_statics_and_shared_bounds():
+    """Files stacked along a second ConcatDim hold the same steps, static variables and bounds; what
+    differs fails naming the file."""
+    base = make_dataset(2).expand_dims(member=[0], axis=1)
+    base["mask"] = base.mask.isel(member=0, drop=True)
+    base["time_bnds"] = (("time", "nv"), np.arange(4.0).reshape(2, 2))
+
+    def stacked(*members):
+        return [
+            summarize(
+                ds, Key((("time", 0), ("member", m))), f"https://e.org/{m}.nc", f"k{m}", 0, "time", True
+            )
+            for m, ds in enumerate(members)
+        ]
+
+    second = base.assign_coords(member=[1])
+    t = combine(stacked(base, second), "time", stack_dim="member")
+    assert t.stack_lengths == (1, 1) and t.sizes["member"] == 2
+    assert {v.name: v.shape for v in t.concat_variables}["tas"] == (2, 2, 3, 4)
+    cases = [
+        (second.assign_coords(time=second.time + np.timedelta64(1, "D")), "'time' values differ"),
+        (second.assign(mask=second.mask + 1), "static variable 'mask' has different values"),
+        (second.assign(time_bnds=second.time_bnds + 1), "'time_bnds' along 'time' .* differs"),
+        (second.isel(member=0), "has no dimension 'member' to stack along"),
+        (second.drop_vars("pr"), r"variables differ from https://e.org/0.nc: missing \['pr'\]"),
+    ]
+    for other, problem in cases:
+        with pytest.raises(InputError, match=rf"https://e.org/1.nc.*{problem}|{problem}.*https://e.org/1"):
+            combine(stacked(base, other), "time", stack_dim="member")
