@@ -196,3 +196,21 @@ def test_an_icechunk_target_on_object_storage(bucket, served, tmp_path):
     assert_store_matches(url, paths)
     assert [c.metadata["forge:kind"] for c in history(url)] == ["append", "build"]
     assert bucket.secret not in logs(state.state_details.flow_run_id)
+
+
+def test_a_rebuilt_store_replaces_the_published_one_on_object_storage(bucket):
+    """A full build over a complete store is made beside it and moved into place: objects copied over
+    the old ones (metadata last), the old store's extra objects and the staging copy deleted."""
+    from forge.build.target import move_into_place, staging_url
+
+    url = f"{bucket.target_root}/moved.zarr"
+    old, new = make_dataset(6), make_dataset(4, seed=1)
+    # (not consolidated: zarr's consolidation lists nothing on azurite)
+    old.to_zarr(zarr_store(url), encoding={"tas": {"chunks": (2, 3, 4)}}, consolidated=False)
+    new.to_zarr(zarr_store(staging_url(url)), encoding={"tas": {"chunks": (2, 3, 4)}}, consolidated=False)
+    move_into_place(staging_url(url), url)
+    xr.testing.assert_identical(xr.open_zarr(zarr_store(url), consolidated=False).load(), new)
+    bucket.fs.invalidate_cache()
+    keys = bucket.fs.find(url.split("://", 1)[1])
+    assert not [k for k in keys if "/tas/c/2/" in k]  # the old store's third time chunk is gone
+    assert not bucket.fs.exists(staging_url(url).split("://", 1)[1])
