@@ -104,10 +104,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "catalog" in summary:
         from forge.recipe.loading import find_recipe
 
-        root = str(Path(summary["catalog"]).parent)
-        opener = f"forge.open_dataset({find_recipe(args.recipe).recipe_id!r}, catalog={root!r})"
-        print(f"catalog: {summary['catalog']} (`forge catalog` lists it; or {opener})")
+        print(catalog_hint(summary["catalog"], find_recipe(args.recipe).recipe_id))
     return 0
+
+
+def catalog_hint(catalog: str, recipe_id: str) -> str:
+    """Where the run's catalog is and how to open the dataset through it (``catalog``: a path or a URL,
+    whose ``//`` a Path would collapse)."""
+    opener = f"forge.open_dataset({recipe_id!r}, catalog={catalog.rsplit('/', 1)[0]!r})"
+    return f"catalog: {catalog} (`forge catalog` lists it; or {opener})"
 
 
 def open_snippet(url: str) -> str:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import xarray as xr
 
+from flows.cli import catalog_hint
 from forge.testing import make_dataset, write_inputs
 from tests.integration.helpers import SOURCE, write_recipe
 
@@ -115,3 +116,9 @@ def test_a_failed_run_ends_with_its_cause_and_a_non_zero_status(served, tmp_path
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
     runs = httpx.post(f"{prefect_server}/task_runs/filter", json=body).json()
     assert all(r["run_count"] == 1 for r in runs if r["name"].startswith("cache-"))  # none retried
+
+
+def test_the_catalog_hint_keeps_a_urls_scheme():
+    hint = catalog_hint("s3://bucket/target/catalog.json", "sst")
+    assert hint.endswith("forge.open_dataset('sst', catalog='s3://bucket/target'))")
+    assert catalog_hint("/data/target/catalog.json", "sst").endswith("catalog='/data/target'))")

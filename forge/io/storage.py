@@ -7,11 +7,13 @@ identity); nothing here stores them.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +37,44 @@ def zarr_store(url: str, read_only: bool = False) -> zarr.abc.store.Store:
     """
     if is_local(url):
         return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(
+    store = zarr.storage.FsspecStore.from_url(
         url, storage_options={"skip_instance_cache": True}, read_only=read_only
     )
+    _close_at_exit(store.fs)
+    return store
+
+
+# zarr 3.1 never closes the filesystems its object-store stores open (zarr-python#2901, fixed for Python
+# 3.12+ only): at exit aiohttp logged "ERROR Unclosed client session" as the last lines of a run that had
+# succeeded. Their sessions are closed at exit, before zarr's loop stops. (Those the garbage collector
+# takes during a run still log it: closing them then would need to know that no other store shares the
+# filesystem, which zarr's derived stores do.)
+_OPENED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _close_at_exit(fs: Any) -> None:
+    if not _OPENED:  # registered after zarr's own exit handler, so it runs first, while zarr's loop runs
+        atexit.register(_close_sessions)
+    _OPENED.add(fs)
+
+
+def _close_sessions() -> None:
+    from zarr.core.sync import sync
+
+    for fs in list(_OPENED):
+        with contextlib.suppress(Exception):  # exiting: nothing is left to report to
+            sync(_close_session(fs))
+    _OPENED.clear()
+
+
+async def _close_session(fs: Any) -> None:
+    """Close the HTTP session of an async filesystem (a no-op if it never opened one, or did already)."""
+    if (client := getattr(fs, "_s3", None)) is not None:  # s3fs: an aiobotocore client
+        await client.close()
+    elif (session := getattr(fs, "_session", None)) is not None and not session.closed:  # gcsfs
+        await session.close()
+    elif (client := getattr(fs, "service_client", None)) is not None:  # adlfs
+        await client.close()
 
 
 def join(root: str, *parts: str) -> str:
