@@ -349,7 +349,7 @@ def prepare_append(
         appended=n_new,
         new_coordinate=encoded if transaction is None else None,
         checks=checks_for(recipe, run, template),
-        stack=stack_of(recipe, template),
+        stack=stack_of(template),
         transaction=transaction,
         dataset_version=group.attrs.get("forge:dataset_version"),  # appends never change it
     )

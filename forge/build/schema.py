@@ -252,7 +252,7 @@ def _differs_along_concat(
     return None
 
 
-def _merge_part(key: Key, *dims: str | None) -> tuple[tuple[str, int], ...]:
+def merge_part(key: Key, *dims: str | None) -> tuple[tuple[str, int], ...]:
     """The key's positions but along ``dims``."""
     return tuple((n, p) for n, p in key.positions if n not in dims)
 
@@ -309,7 +309,7 @@ def combine(
     ordered = sorted(share_equal_parts(summaries), key=lambda s: s.key)
     groups: dict[tuple, list[InputSummary]] = {}
     for s in ordered:
-        groups.setdefault(_merge_part(s.key, concat_dim), []).append(s)
+        groups.setdefault(merge_part(s.key, concat_dim), []).append(s)
 
     # Lengths along the concat dimension, per concat position; every merge group must agree.
     lengths: dict[int, tuple[int, str]] = {}
@@ -338,7 +338,7 @@ def combine(
     first_of_source: dict[tuple, tuple] = {}  # each merge group's first stack position's group
     for merge_pos, members in groups.items():
         ref = members[0]
-        source = _merge_part(ref.key, concat_dim, stack_dim)
+        source = merge_part(ref.key, concat_dim, stack_dim)
         for other in members[1:]:
             if other.variables is ref.variables:  # shared (share_equal_parts): nothing to compare
                 continue

@@ -27,7 +27,7 @@ from forge.build.acceptance import run_checks
 from forge.build.caching import opened
 from forge.build.chunking import dynamic_chunks
 from forge.build.plan import Stack, batch_chunks, chunk_writes, default_chunk
-from forge.build.schema import InputSummary, Template, VariableSpec, combine
+from forge.build.schema import InputSummary, Template, VariableSpec, combine, merge_part
 from forge.build.times import exact_encoding, is_time_units
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.errors import RecipeError
@@ -113,7 +113,7 @@ def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
     return default_chunk(item_bytes, template.sizes[dim])
 
 
-def stack_of(recipe: XarrayZarrRecipe, template: Template) -> Stack | None:
+def stack_of(template: Template) -> Stack | None:
     """How the inputs are stacked along a second ConcatDim (None: there is none)."""
     return Stack(template.stack_dim, template.stack_lengths) if template.stack_dim else None
 
@@ -125,7 +125,7 @@ def _chunks_for(
         # Static variables and dimension coordinates, the concat one included: one chunk each, so that
         # opening the dataset reads one object per index (as pangeo-forge's ConsolidateDimensionCoordinates).
         return spec.shape
-    stack = stack_of(recipe, template)
+    stack = stack_of(template)
     fixed = {template.concat_dim: chunk}
     if stack is not None:
         try:
@@ -224,7 +224,7 @@ def _template_dataset(
     # The first input of each merge group, and of each stack position in it (in order along the stack).
     first_of_group: dict[tuple, dict[int, InputSummary]] = {}
     for s in sorted(summaries, key=lambda s: s.key):
-        source = tuple((n, p) for n, p in s.key.positions if n not in (template.concat_dim, stack))
+        source = merge_part(s.key, template.concat_dim, stack)
         first_of_group.setdefault(source, {}).setdefault(s.key[stack] if stack else 0, s)
     variables: dict[str, xr.Variable] = {}
     statics = [v for v in template.variables if not v.along_concat]
@@ -280,7 +280,7 @@ def plan_write_batches(
     location = {
         (
             s.key[dim],
-            tuple((n, p) for n, p in s.key.positions if n not in (dim, stack)),
+            merge_part(s.key, dim, stack),
             s.key[stack] if stack else 0,
         ): (s.location, s.url)
         for s in summaries
@@ -370,7 +370,7 @@ def prepare_target(
         sum(len(b.chunks) for b in batches),
         concat_inputs=len(template.lengths) if template.concat_dim else 1,
         checks=checks_for(recipe, run, template),
-        stack=stack_of(recipe, template),
+        stack=stack_of(template),
         transaction=transaction,
         publish_to=publish_to,
         dataset_version=run.version,
