@@ -147,8 +147,16 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from flows.server import kept_server, running_server, stop_kept_server
+    from flows.server import all_stacks, kept_server, running_server, stop_all_stacks, stop_kept_server
 
+    if args.all and args.action != "start":
+        stacks = all_stacks() if args.action == "status" else stop_all_stacks()
+        verb = "up" if args.action == "status" else "stopped"
+        for process in stacks:
+            print(f"{process.kind} {verb}: pid {process.pid}, {process.detail}, PREFECT_HOME {process.home}")
+        if not stacks:
+            print("no Prefect server or Dask workers kept by forge for this user")
+        return 1 if args.action == "status" and not stacks else 0
     if args.action == "start":
         server = kept_server().wait_ready()
         print(f"Prefect server up: API {server.api_url}, UI {server.ui_url} (pid {server.pid})")
@@ -335,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     srv = sub.add_parser("server", help="the Prefect server `forge run` keeps between runs")
     srv.add_argument("action", choices=["start", "status", "stop"])
+    srv.add_argument("--all", action="store_true", help="every server and cluster kept for this user")
     srv.set_defaults(func=cmd_server)
     hist = sub.add_parser("history", help="an Icechunk target's published commits, newest first")
     hist.add_argument("recipe")

@@ -117,7 +117,7 @@ def run_stack(dask_address: str | None = None, *, keep_server: bool = True) -> I
     from prefect_dask import DaskTaskRunner
 
     from flows.bakery import current_bakery, on_local_cluster, task_runner_for
-    from flows.runtime.runner import local_workers
+    from flows.runtime.runner import KeptWorkersTaskRunner, local_workers
 
     bakery = current_bakery()
     local = on_local_cluster(bakery, dask_address)
@@ -133,7 +133,7 @@ def run_stack(dask_address: str | None = None, *, keep_server: bool = True) -> I
         if not local:
             runner = task_runner_for(bakery, dask_address)
         elif keep:
-            runner = DaskTaskRunner(address=kept_cluster(local_workers()).address)
+            runner = KeptWorkersTaskRunner(address=kept_cluster(local_workers()).address)
         else:
             from distributed import LocalCluster
 

@@ -26,10 +26,11 @@ from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
 from forge.recipe.patterns import parse_rewrites
 from forge.recipe.recipes import ReferenceRecipe
-from tasks.cache import cache_inputs, plan_cache_batches, source_host_slots
+from tasks.cache import cache_inputs, plan_cache_batches
 from tasks.catalog import update_catalog
 from tasks.finalize import finalize_target
 from tasks.prepare import plan_append_run, prepare_target
+from tasks.slots import source_host_slots
 from tasks.store import store_chunks
 
 DEFAULT_TARGET_ROOT = str(Path("data/target").resolve())

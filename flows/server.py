@@ -4,8 +4,12 @@
 background (8-10 s on 2 cores), every later run finds it at once, and ``forge server stop`` ends it. Its
 address is recorded in ``$PREFECT_HOME/forge-server.json``; a recorded server that is gone, or that
 answers as something else (another Prefect home, another Prefect version, another program on its port),
-is left alone and a new one is started. The server is Prefect's own app, run by uvicorn as Prefect's
-ephemeral server runs it, with the UI, its SQLite database under ``PREFECT_HOME``.
+is left alone and a new one is started. The server is what ``prefect server start`` runs
+(flows/runtime/api_server.py): the API, the UI and the background services, its SQLite database and its
+concurrency leases under ``PREFECT_HOME`` (so a dead run's download slots come back even across a restart
+of the server). A kept server and its workers stop by themselves after FORGE_SERVER_IDLE_TIMEOUT without
+use (default 3 h), or once their ``PREFECT_HOME`` is deleted; every one this user started is listed in
+``stacks_dir()``, for ``forge server status|stop --all``.
 
 Tests and benchmarks use :class:`PrefectServer` for a server that lives as long as they do.
 """
@@ -16,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import signal
@@ -32,11 +35,13 @@ import httpx
 
 STATE_FILE = "forge-server.json"
 CLUSTER_FILE = "forge-cluster.json"
-# Environment variables that differ between shells and runs without changing what a worker does.
-VOLATILE = {"PWD", "OLDPWD", "SHLVL", "_", "PS1", "COLUMNS", "LINES"}
 BOOT_TIMEOUT = 120.0
-SERVER_APP = "prefect.server.api.server:create_app"
+SERVER_MODULE = "flows.runtime.api_server"
 CLUSTER_MODULE = "flows.runtime.kept_cluster"
+DEFAULT_IDLE_TIMEOUT = "3h"
+# Leases kept on disk, not in the server's memory: slots a killed run held are repossessed when its lease
+# expires, even if the server was restarted meanwhile (in memory they would stay taken for good).
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def free_port() -> int:
@@ -55,15 +60,36 @@ def prefect_version() -> str:
     return importlib.metadata.version("prefect")
 
 
+def idle_timeout() -> float:
+    """FORGE_SERVER_IDLE_TIMEOUT in seconds (``90``, ``45s``, ``30m``, ``3h``; ``0``: never)."""
+    text = (os.environ.get("FORGE_SERVER_IDLE_TIMEOUT") or DEFAULT_IDLE_TIMEOUT).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
+    try:
+        return float(text.rstrip("smh")) * scale
+    except ValueError:
+        message = f"FORGE_SERVER_IDLE_TIMEOUT={text!r}: give seconds, or a number with s, m or h"
+        raise SystemExit(message) from None
+
+
+def stacks_dir() -> Path:
+    """Where every kept server and cluster this user started is listed (``forge server status --all``)."""
+    state = os.environ.get("XDG_STATE_HOME") or "~/.local/state"
+    return Path(state).expanduser() / "forge" / "stacks"
+
+
 class PrefectServer:
     """A Prefect API server in a subprocess on loopback (SQLite under PREFECT_HOME, as Prefect's own).
 
     ``detached``: in a session of its own, writing to ``log``, so that it outlives this process.
     """
 
-    def __init__(self, port: int | None = None, *, ui: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, ui: bool = False, idle: float = 0, home: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.ui = ui
+        self.idle = idle
+        self.home = home or prefect_home()
         self.process: subprocess.Popen | None = None
 
     @property
@@ -73,20 +99,20 @@ class PrefectServer:
     def start(self, *, detached: bool = False, log: Path | None = None) -> PrefectServer:
         """Launched without importing the server package into this process (about 3 s) and without
         waiting for it, so that the Dask workers start, and import what their tasks need, while it boots.
-        Its settings come from the environment (and Prefect's profile), as any Prefect server's do."""
+        Its settings come from the environment (and Prefect's profile), as any Prefect server's do; its
+        host and port are where it listens, so that the UI's pages call this server's API."""
         env = {
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
             **os.environ,
+            "PREFECT_HOME": str(self.home),
             "PREFECT_UI_ENABLED": "1" if self.ui else "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
             "PREFECT__SERVER_FINAL": "1",
         }
         env.pop("PREFECT_API_URL", None)
-        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
-        command = [
-            *(sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent)),
-            *("--factory", SERVER_APP, "--host", "127.0.0.1"),
-            *("--port", str(self.port), "--log-level", "error", "--lifespan", "on"),
-        ]
+        env.pop("PREFECT__SERVER_EPHEMERAL", None)
+        command = [sys.executable, "-m", SERVER_MODULE, str(self.port), str(self.home), str(self.idle)]
         output = open(log, "ab") if log else None  # noqa: SIM115  (the server's, for its whole life)
         try:
             self.process = subprocess.Popen(
@@ -194,10 +220,10 @@ def wait_launched(process: subprocess.Popen, marker: str, timeout: float = 10.0)
 
 
 def _is_server_process(pid: int) -> bool:
-    return _is_process(pid, SERVER_APP)
+    return _is_process(pid, SERVER_MODULE)
 
 
-def _terminate(pid: int, marker: str, state: Path, timeout: float = 30.0) -> None:
+def _terminate(pid: int, marker: str, state: Path | None, timeout: float = 30.0) -> None:
     """Stop the session led by ``pid`` if it is still ``marker``'s, and forget its state file."""
     if _is_process(pid, marker):
         with contextlib.suppress(ProcessLookupError):
@@ -205,7 +231,60 @@ def _terminate(pid: int, marker: str, state: Path, timeout: float = 30.0) -> Non
         deadline = time.monotonic() + timeout
         while _is_process(pid, marker) and time.monotonic() < deadline:
             time.sleep(0.1)
-    state.unlink(missing_ok=True)
+    if state is not None:
+        state.unlink(missing_ok=True)
+    (stacks_dir() / f"{pid}.json").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class StackProcess:
+    """A kept server or cluster, as :func:`stacks_dir` lists it."""
+
+    kind: str  # "server" or "workers"
+    pid: int
+    home: str
+    detail: str  # the server's UI, the workers' scheduler
+
+    @property
+    def marker(self) -> str:
+        return SERVER_MODULE if self.kind == "server" else CLUSTER_MODULE
+
+
+def _enlist(process: StackProcess) -> None:
+    stacks_dir().mkdir(parents=True, exist_ok=True)
+    (stacks_dir() / f"{process.pid}.json").write_text(json.dumps(asdict(process)))
+
+
+def all_stacks() -> list[StackProcess]:
+    """Every kept server and cluster this user started that still runs (the list forgets the others)."""
+    found = []
+    for entry in sorted(stacks_dir().glob("*.json")):
+        try:
+            process = StackProcess(**json.loads(entry.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if _is_process(process.pid, process.marker):
+            found.append(process)
+        else:
+            entry.unlink(missing_ok=True)
+    return found
+
+
+def stop_all_stacks() -> list[StackProcess]:
+    """Stop every kept server and cluster this user started; those stopped."""
+    stopped = all_stacks()
+    for process in stopped:
+        home = Path(process.home)
+        state = home / (STATE_FILE if process.kind == "server" else CLUSTER_FILE)
+        _terminate(process.pid, process.marker, state if _recorded_pid(state) == process.pid else None)
+    return stopped
+
+
+def _recorded_pid(state: Path) -> int | None:
+    try:
+        return json.loads(state.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -248,11 +327,13 @@ def kept_server(home: Path | None = None) -> KeptServer:
         ):
             return recorded
         if recorded is not None:
-            _terminate(recorded.pid, SERVER_APP, home / STATE_FILE)  # gone, not answering as ours
-        server = PrefectServer(ui=True).start(detached=True, log=home / "forge-server.log")
-        wait_launched(server.process, SERVER_APP)
+            _terminate(recorded.pid, SERVER_MODULE, home / STATE_FILE)  # gone, not answering as ours
+        server = PrefectServer(ui=True, idle=idle_timeout(), home=home)
+        server.start(detached=True, log=home / "forge-server.log")
+        wait_launched(server.process, SERVER_MODULE)
         record = KeptServer(server.process.pid, server.port, str(home), prefect_version(), time.time())
         (home / STATE_FILE).write_text(json.dumps(asdict(record)))
+        _enlist(StackProcess("server", record.pid, str(home), f"UI {record.ui_url}"))
         return record
 
 
@@ -267,16 +348,16 @@ class KeptCluster:
 
 
 def worker_fingerprint(workers: int) -> str:
-    """What kept workers must share with a run to serve it: the environment (secrets are looked up there,
-    and the API's address is there), the working directory, the interpreter, the installed packages
-    (their folders' modification times) and this project's code (its files' modification times)."""
+    """What kept workers must share with a run to serve it: the interpreter, the installed packages (their
+    folders' modification times), this project's code (where it is, and its files' modification times)
+    and how many workers there are. Not the folder the run starts from, nor its environment: what the
+    run needs of those reaches the workers with the run (flows/runtime/runner.py, tasks/environment.py)."""
     code = Path(__file__).resolve().parents[1]
     stamps = [p.stat().st_mtime_ns for d in ("forge", "tasks", "flows") for p in (code / d).rglob("*.py")]
     folders = [
         (p, Path(p).stat().st_mtime_ns) for p in sys.path if p.endswith("-packages") and Path(p).is_dir()
     ]
-    environment = sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)
-    state = (environment, os.getcwd(), sys.executable, workers, max(stamps), folders)
+    state = (sys.executable, str(code), workers, max(stamps), folders)
     return hashlib.sha256(repr(state).encode()).hexdigest()
 
 
@@ -299,6 +380,7 @@ def kept_cluster(workers: int, home: Path | None = None, timeout: float = 120.0)
         if found is not None:
             _terminate(found.pid, CLUSTER_MODULE, home / CLUSTER_FILE)
         command = [sys.executable, "-m", CLUSTER_MODULE, str(home / CLUSTER_FILE), str(workers), fingerprint]
+        command.append(str(idle_timeout()))
         with open(home / "forge-cluster.log", "ab") as log:
             process = subprocess.Popen(
                 command,
@@ -313,6 +395,7 @@ def kept_cluster(workers: int, home: Path | None = None, timeout: float = 120.0)
                 process.kill()
                 raise RuntimeError(f"the kept Dask workers did not start: see {home}/forge-cluster.log")
             time.sleep(0.1)
+        _enlist(StackProcess("workers", found.pid, str(home), f"scheduler {found.address}"))
         return found
 
 
@@ -325,5 +408,5 @@ def stop_kept_server(home: Path | None = None) -> KeptServer | None:
             _terminate(cluster.pid, CLUSTER_MODULE, home / CLUSTER_FILE)
         server = _recorded(home)
         if server is not None:
-            _terminate(server.pid, SERVER_APP, home / STATE_FILE)
+            _terminate(server.pid, SERVER_MODULE, home / STATE_FILE)
         return server

@@ -1,19 +1,12 @@
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
-
 from prefect import get_run_logger
-from prefect.concurrency.sync import concurrency
 
 from forge.build.caching import cache_batch, host_windows, plan_cache
 from forge.build.schema import InputSummary
 from forge.build.types import CacheBatch, RunSpec
 from tasks.common import Opaque, recipe_for, secret_lookup, stage
-
-
-def host_limit_name(host: str) -> str:
-    return f"source-host:{host}"
+from tasks.slots import host_limit_name
 
 
 def plan_cache_batches(run: RunSpec, stage: str = "cache") -> tuple[list[Opaque[CacheBatch]], dict[str, int]]:
@@ -53,35 +46,3 @@ def plan_cache_batches(run: RunSpec, stage: str = "cache") -> tuple[list[Opaque[
 def cache_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[InputSummary]]:
     """Fetch the batch's missing inputs, one at a time, and summarize them."""
     return Opaque(cache_batch(recipe_for(run), run, batch.value, secret_lookup))
-
-
-# The slots of a run that dies without releasing them (killed, out of memory, its node gone) come back
-# when their lease expires: Prefect's default of 300 s held every later run of the source that long. The
-# lease is renewed every 45 s while the run lives, one small API call.
-SLOT_LEASE_SECONDS = 60
-
-
-@contextlib.contextmanager
-def source_host_slots(windows: Mapping[str, int]) -> Iterator[None]:
-    """Hold ``windows[host]`` slots of each host's limit while the cache stage runs.
-
-    Taken once per run by the flow, not once per batch by its task: every acquisition is a write to the
-    Prefect database, and on SQLite concurrent writes make the server answer 503, which the client retries
-    after 2 s (it doubled the cache stage of 16,500 tiny inputs). Hosts in sorted order, so two runs that
-    share hosts never hold one each and wait for the other. A failed lease renewal only logs: a long cache
-    stage is not killed for it.
-    """
-    log = get_run_logger()  # the flow run's log: where users look when another run holds the slots
-    with contextlib.ExitStack() as stack:
-        for host in sorted(windows):
-            log.info("taking %d download slots of %s", windows[host], host_limit_name(host))
-            stack.enter_context(
-                concurrency(
-                    host_limit_name(host),
-                    occupy=windows[host],
-                    strict=True,  # a missing limit is a setup bug, not a reason to run unthrottled
-                    lease_duration=SLOT_LEASE_SECONDS,
-                    raise_on_lease_renewal_failure=False,
-                )
-            )
-        yield

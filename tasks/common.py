@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from prefect import task
 from prefect.blocks.system import Secret as SecretBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
 from forge.build.stages import recipe_for  # noqa: F401  (what the tasks load their recipe with)
 from forge.errors import is_transient
+from tasks.environment import run_environment
 
 T = TypeVar("T")
 
@@ -21,11 +25,22 @@ def stage(name: str, **options: Any):
     """Prefect's ``@task`` for a recipe stage: runs named after the stage (no random suffix), retried
     only for passing faults (:func:`retry_transient`), and without a cache policy: the stages are
     idempotent on their own, and Prefect's default policy hashes every input of every run (seconds for
-    16,500 input summaries) for a result cache that nothing reads."""
+    16,500 input summaries) for a result cache that nothing reads. On workers that serve many runs, the
+    task runs in its own run's environment (tasks/environment.py)."""
     options.setdefault("task_run_name", name)
     if options.get("retries"):
         options.setdefault("retry_condition_fn", retry_transient)
-    return task(name=name, cache_policy=NO_CACHE, **options)
+
+    def decorate(fn: Callable) -> Task:
+        @functools.wraps(fn)
+        def in_its_run_environment(*args: Any, **kwargs: Any) -> Any:
+            context = TaskRunContext.get()
+            with run_environment(context.task_run.flow_run_id if context else None):
+                return fn(*args, **kwargs)
+
+        return task(name=name, cache_policy=NO_CACHE, **options)(in_its_run_environment)
+
+    return decorate
 
 
 class Opaque(Generic[T]):

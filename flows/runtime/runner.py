@@ -6,6 +6,7 @@ crashed in the original project. Kubernetes bakeries get theirs from flows/baker
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ from distributed import Nanny
 from prefect_dask import DaskTaskRunner
 
 from flows.runtime.forkserver import PRELOAD, preload_forkserver
+from tasks.environment import RunEnvironment, RunEnvironmentPlugin, plugin_name
 
 # Dask's statistical profiler wakes every 10 ms to sample each worker's task thread, and has to take the
 # GIL from it to do so: the cache stage of 16,500 tiny inputs (pure Python per input) used 13% more worker
@@ -91,3 +93,32 @@ def local_task_runner(workers: int | None = None) -> DaskTaskRunner:
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(workers)
     )
+
+
+class KeptWorkersTaskRunner(DaskTaskRunner):
+    """The task runner on workers that serve many runs (``forge run``'s kept cluster): before a flow run
+    submits its first task, its environment and folder go to every worker as a plugin named after the
+    flow run (tasks/environment.py), removed when the run's task runner closes. Through Dask, not the
+    tasks' parameters: nothing of it reaches the Prefect database or a log."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shared: list[str] = []
+
+    def submit(self, task: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
+        if flow_run_id and flow_run_id not in self._shared:
+            plugin = RunEnvironmentPlugin(flow_run_id, RunEnvironment.of_this_process())
+            self.client.register_plugin(plugin, name=plugin_name(flow_run_id))
+            self._shared.append(flow_run_id)
+        return super().submit(task, parameters, *args, **kwargs)
+
+    def __exit__(self, *args: Any) -> None:
+        for flow_run_id in self._shared:
+            with contextlib.suppress(Exception):  # the cluster may be gone; so are its plugins
+                self.client.unregister_worker_plugin(plugin_name(flow_run_id))
+        self._shared.clear()
+        super().__exit__(*args)

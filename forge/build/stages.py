@@ -17,6 +17,7 @@ from forge.build.target import finalize_target, prepare_target
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.build.writers import store_batch
 from forge.errors import RecipeError
+from forge.io.storage import absolute
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
 from forge.recipe.meta import version_of
 from forge.recipe.recipes import REFERENCE_FORMATS, TARGET_FORMATS, Recipe, ReferenceRecipe, XarrayZarrRecipe
@@ -58,8 +59,8 @@ def run_spec_for(
     return RunSpec(
         recipe,
         source.recipe_id,
-        target_root,
-        cache_root,
+        absolute(target_root),  # the run's folder, not that of a worker that serves many runs
+        absolute(cache_root),
         prune,
         tuple((url_rewrites or {}).items()),
         workers=workers,

@@ -29,6 +29,11 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (against this process's folder); any other URL as it is."""
+    return os.path.abspath(url) if is_local(url) and not url.startswith("file://") else url
+
+
 def zarr_store(url: str, read_only: bool = False) -> zarr.abc.store.Store:
     """A Zarr store for ``url``, on a fresh filesystem instance.
 

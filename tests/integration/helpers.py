@@ -180,3 +180,18 @@ def wait_until_up(url: str, proc: subprocess.Popen, log_path: Path, what: str, t
             time.sleep(0.5)
     proc.kill()
     pytest.fail(f"{what} did not start: " + log_path.read_text()[-2000:])
+
+
+def wait_for_scheduled_runs(api: str, deployment_id: str, timeout: float = 60) -> list[dict]:
+    """The deployment's scheduled flow runs, once the server's scheduler has made some."""
+    body = {
+        "deployments": {"id": {"any_": [deployment_id]}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+    }
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = httpx.post(f"{api}/flow_runs/filter", json=body).json()
+        if runs:
+            return runs
+        time.sleep(1)
+    raise AssertionError(f"no scheduled runs of {deployment_id} within {timeout}s: the schedule never fires")

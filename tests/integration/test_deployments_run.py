@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     stage_names,
     start_deployment,
     wait_for_flow_run,
+    wait_for_scheduled_runs,
 )
 
 
@@ -104,21 +105,6 @@ def test_deployment_run_and_scheduled_append_deployment_on_a_process_worker(serv
         repository = str(icechunk_root / "noaa-oisst.icechunk")
         assert [c.metadata["forge:kind"] for c in history(repository)] == ["append", "build"]
         assert_store_matches(repository, sorted(replica_dir.rglob("*.nc"))[:5])
-
-
-def wait_for_scheduled_runs(api: str, deployment_id: str, timeout: float = 60) -> list[dict]:
-    """The deployment's scheduled flow runs, once the server's scheduler has made some."""
-    body = {
-        "deployments": {"id": {"any_": [deployment_id]}},
-        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-    }
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        runs = httpx.post(f"{api}/flow_runs/filter", json=body).json()
-        if runs:
-            return runs
-        time.sleep(1)
-    raise AssertionError(f"no scheduled runs of {deployment_id} within {timeout}s: the schedule never fires")
 
 
 def user_view(url) -> xr.Dataset:

@@ -27,7 +27,7 @@ from forge.testing import (
     secret_forms,
     write_inputs,
 )
-from tasks.cache import host_limit_name
+from tasks.slots import host_limit_name
 from tests.integration.helpers import (
     HEARTBEAT,
     SOURCE,
