@@ -146,9 +146,12 @@ def load_recipe(ref: str) -> Recipe:
     return recipe
 
 
+MODULE_PREFIX = "forge_recipe_"  # the names recipe modules are loaded under
+
+
 @functools.lru_cache(maxsize=32)
 def _module(path: Path, mtime_ns: int) -> ModuleType:
-    module_name = "forge_recipe_" + re.sub(r"\W", "_", f"{path.parent.name}_{path.stem}")
+    module_name = MODULE_PREFIX + re.sub(r"\W", "_", f"{path.parent.name}_{path.stem}")
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -174,17 +177,20 @@ def _line_in(exc: BaseException, path: Path) -> int | str:
 def frozen(ref: str) -> bytes:
     """The recipe ``ref`` names as bytes any process can load without importing its module (cloudpickle,
     the module's own functions and data by value): code a module runs at import (crawling a server,
-    searching a catalog) runs once per run, in the process that plans it, not in every worker."""
-    source = find_recipe(ref)
+    searching a catalog) runs once per run, in the process that plans it, not in every worker. Every
+    recipe module loaded goes by value, so a recipe made from another one (``load_recipe`` in its module,
+    then ``dataclasses.replace``) travels too."""
     recipe = load_recipe(ref)
-    module = _module(source.path, source.path.stat().st_mtime_ns)
-    cloudpickle.register_pickle_by_value(module)
+    modules = [m for name, m in list(sys.modules.items()) if name.startswith(MODULE_PREFIX)]
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
     try:
         buffer = io.BytesIO()
         _KeepFilenames(buffer).dump(recipe)
         return buffer.getvalue()
     finally:
-        cloudpickle.unregister_pickle_by_value(module)
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 class _KeepFilenames(cloudpickle.Pickler):

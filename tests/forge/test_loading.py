@@ -49,3 +49,36 @@ def test_a_feedstock_names_its_recipes_in_meta_yaml(tmp_path: Path, monkeypatch)
     assert find_recipe("fine").meta()["recipes"][1]["id"] == "fine"
     with pytest.raises(RecipeError, match=r"lists several recipes \(coarse, fine, single\): name one"):
         find_recipe(str(feedstock))
+
+
+def test_a_recipe_made_from_another_travels_to_processes_that_never_loaded_either(tmp_path: Path):
+    """Workers thaw the frozen recipe without importing its module, nor the module it loaded."""
+    import subprocess
+    import sys
+
+    from forge.recipe.loading import frozen
+
+    base = tmp_path / "base" / "recipe.py"
+    base.parent.mkdir()
+    base.write_text(
+        "from forge import ConcatDim, FilePattern, XarrayZarrRecipe\n\n"
+        "def url(time):\n    return f'https://example.org/{time}.nc'\n\n"
+        "recipe = XarrayZarrRecipe(FilePattern(url, ConcatDim('time', [1, 2])))\n"
+    )
+    variant = tmp_path / "variant" / "recipe.py"
+    variant.parent.mkdir()
+    variant.write_text(
+        "import dataclasses\nfrom forge.recipe.loading import load_recipe\n\n"
+        f"recipe = dataclasses.replace(load_recipe({str(base.parent)!r}), target_chunks={{'time': 2}})\n"
+    )
+    (tmp_path / "blob").write_bytes(frozen(str(variant.parent)))
+    check = (
+        "import cloudpickle, sys; r = cloudpickle.loads(open(sys.argv[1], 'rb').read()); "
+        "print([u for _, u in r.pattern.items()], dict(r.target_chunks))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(tmp_path / "blob")], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "['https://example.org/1.nc', 'https://example.org/2.nc'] {'time': 2}", (
+        done.stderr[-2000:]
+    )
