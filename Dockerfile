@@ -1,6 +1,6 @@
 # The image of a cloud bakery's flow pods and Dask workers (deployments/bakeries.yaml: image).
 # Build: docker build -t ghcr.io/<org>/forge:<tag> .   (the recipes are baked in; rebuild when they change)
-FROM python:3.11-slim
+FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 FORGE_PROJECT_DIR=/opt/forge
 WORKDIR /opt/forge
 COPY pyproject.toml README.md ./

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
@@ -16,8 +16,6 @@ from prefect.states import Cancelled
 
 from forge.build.types import RunSpec
 from forge.errors import ForgeError
-
-T = TypeVar("T")
 
 
 class StageFailed(Exception):
@@ -31,7 +29,7 @@ class StageFailed(Exception):
         super().__init__(f"{stage} stage failed{where}: {reason}")
 
 
-def in_stage(stage: str, fn: Callable[..., T], *args: Any) -> T:
+def in_stage[T](stage: str, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``: a stage the flow runs in its own process, whatever it raises a :class:`StageFailed`."""
     try:
         return fn(*args)

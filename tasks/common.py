@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from prefect import task
 from prefect.blocks.system import Secret as SecretBlock
@@ -17,8 +17,6 @@ from prefect.tasks import Task
 from forge.build.stages import recipe_for  # noqa: F401  (what the tasks load their recipe with)
 from forge.errors import is_transient
 from tasks.environment import run_environment
-
-T = TypeVar("T")
 
 
 def stage(name: str, **options: Any):
@@ -43,7 +41,7 @@ def stage(name: str, **options: Any):
     return decorate
 
 
-class Opaque(Generic[T]):
+class Opaque[T]:
     """A batch passed between tasks that Prefect does not look inside.
 
     Prefect walks every element of a task's parameters, twice, looking for futures (its own ``quote``

@@ -319,7 +319,7 @@ def test_compressors_apply_to_data_variables(served, run_spec):
     out = run_locally(recipe, run_spec())
     assert_store_matches(out["url"], paths)
     group = zarr.open_group(out["url"], mode="r")
-    assert [c.cname.value for c in group["tas"].compressors] == ["lz4"]
+    assert [str(getattr(c.cname, "value", c.cname)) for c in group["tas"].compressors] == ["lz4"]
     assert type(group["time"].compressors[0]).__name__ == "ZstdCodec", "coordinates keep the default"
 
 

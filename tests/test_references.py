@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,7 +21,7 @@ import forge
 from forge import ConcatDim, FilePattern, ReferenceRecipe
 from forge.build.references import INPUTS_ATTR, open_references
 from forge.build.stages import run_spec_for
-from forge.errors import ForgeError, RecipeError
+from forge.errors import RecipeError
 from forge.port.feedstock import port_path
 from forge.recipe.loading import load_recipe
 from forge.replicas.oisst import OisstReplica, oisst_url
@@ -79,8 +80,7 @@ def test_a_09_reference_recipe_ports_and_its_json_references_read_the_sources(tm
 
 
 def test_an_icechunk_reference_store_commits_each_run_and_appends(tmp_path):
-    """Virtual chunks in local files (Icechunk 1.1 cannot read them from an HTTP server on a port other
-    than 80 or 443, which the recipe is told up front)."""
+    """Virtual chunks in local files."""
     files = OisstReplica(tmp_path / "replica", nlat=36, nlon=72)
     days = pd.date_range("1981-09-01", periods=3)
     paths = [files.generate(urlsplit(oisst_url(day)).path) for day in days]
@@ -120,7 +120,6 @@ def url_of(time: pd.Timestamp) -> str:
 
 def test_references_refuse_what_they_cannot_hold(tmp_path, replica):
     days = pd.date_range("1981-09-01", periods=2)
-    pattern = FilePattern(url_of, ConcatDim("time", days, nitems_per_file=1))
     with pytest.raises(RecipeError, match="read without the recipe's credentials"):
         ReferenceRecipe(FilePattern(url_of, ConcatDim("time", days), query_string_secrets={"token": "TOKEN"}))
     recipe = tmp_path / "refs.py"
@@ -133,9 +132,18 @@ def test_references_refuse_what_they_cannot_hold(tmp_path, replica):
     )
     with pytest.raises(RecipeError, match="writes icechunk or json or parquet, not 'zarr'"):
         run_spec_for(str(recipe), str(tmp_path), str(tmp_path), 2, None, "zarr")
-    run = run_spec_for(str(recipe), str(tmp_path / "target"), str(tmp_path), 2, {NCEI: replica.url + "/"})
-    with pytest.raises(ForgeError, match=f"cannot read virtual chunks from {replica.url}/ "):
-        run_locally(ReferenceRecipe(pattern), run)
+
+
+def test_icechunk_references_read_http_sources_on_any_port(tmp_path, replica):
+    """The replica listens on a port of its own, not 80 or 443 (Icechunk 1 read such chunk locations
+    without their port)."""
+    days = pd.date_range("1981-09-01", periods=2)
+    recipe = ReferenceRecipe(FilePattern(url_of, ConcatDim("time", days, nitems_per_file=1)))
+    run = run_spec_for("noaa-oisst", str(tmp_path / "target"), str(tmp_path), 2, {NCEI: replica.url + "/"})
+    run = replace(run, recipe_id="refs", target_format="icechunk", recipe_blob=None)
+    url = run_locally(recipe, run)["url"]
+    assert urlsplit(replica.url).port not in (80, 443) and url.endswith("refs.icechunk")
+    assert_references_match(url, [replica.files.path_for(day) for day in days], 2)
 
 
 def test_a_010_reference_pipeline_ports_and_runs_as_a_flow_then_appends(tmp_path, replica, prefect_server):

@@ -52,9 +52,22 @@ def test_the_recipe_flow_runs_with_what_was_loaded_frozen_then_unfreezes(monkeyp
         raise RuntimeError("a failed run")
 
     monkeypatch.setattr("flows.recipe.run_spec", first_step)  # the module the flow's body looks it up in
-    assert gc.get_freeze_count() == 0
+    before = gc.get_freeze_count()  # 0 on Python 3.11; 3.12 starts with a few hundred of its own
+    assert before < 1000
     with pytest.raises(RuntimeError, match="a failed run"):
         recipe.fn("any-recipe")  # the flow's body, without Prefect's engine
     assert seen[0] > 100_000  # Prefect, Dask and xarray's objects
-    assert gc.get_freeze_count() == 0  # unfrozen after the run, a failed one too
+    assert gc.get_freeze_count() <= before  # unfrozen after the run, a failed one too
     cloudpickle.dumps(recipe)  # what Prefect does with the flow for every task it submits to Dask
+
+
+def test_the_workers_fork_server_does_not_import_icechunk():
+    """Workers are forked from a server that imported the tasks: a process that has imported icechunk 2
+    cannot fork (the child's first Icechunk call through zarr never returns), so the stages import it
+    only when they use it."""
+    import subprocess
+    import sys
+
+    check = "import sys, flows.runtime.worker_preload; print('icechunk' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr[-2000:]

@@ -12,10 +12,6 @@ from __future__ import annotations
 import functools
 import gc
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def freeze_loaded() -> None:
@@ -23,7 +19,7 @@ def freeze_loaded() -> None:
     gc.freeze()
 
 
-def loaded_frozen(fn: Callable[P, R]) -> Callable[P, R]:
+def loaded_frozen[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` run with what its process had loaded frozen, unfrozen after: for a flow, whose process may
     go on to other work (a test session, ``forge run``). A plain function, not a ``contextmanager``
     used as a decorator: Prefect pickles the flow's function with every task it submits, and that one

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from prefect.context import SettingsContext
 from pydantic import PrivateAttr
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class _SerializedOnce(SettingsContext):
@@ -37,7 +34,7 @@ class _SerializedOnce(SettingsContext):
         return dict(self._serialized)
 
 
-def settings_serialized_once(fn: Callable[P, R]) -> Callable[P, R]:
+def settings_serialized_once[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` (a flow's function) run in a copy of the current settings context whose task runs on Dask
     workers get the flow's settings as they are, serialized once."""
 

@@ -6,14 +6,11 @@ from __future__ import annotations
 import queue
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
 
 from prefect.futures import PrefectFuture
 
-T = TypeVar("T")
 
-
-def submit_windowed(
+def submit_windowed[T](
     submit: Callable[[T], PrefectFuture],
     items: Sequence[T],
     group: Callable[[T], str],

@@ -223,13 +223,6 @@ def _container_store(prefix: str):
 
     parts = urlsplit(prefix)
     scheme = parts.scheme
-    if scheme in ("http", "https") and parts.port not in (None, 80, 443):
-        # Icechunk 1.1 reads http://host:port/... chunk locations at http://host/... (fixed in 2.x,
-        # earth-mover/icechunk#2224, which needs Python 3.12)
-        raise ForgeError(
-            f"Icechunk 1.1 cannot read virtual chunks from {prefix} (a port other than 80 or 443): use "
-            "target_format='json' or 'parquet' for these sources"
-        )
     if scheme in ("http", "https"):
         return icechunk.http_store()
     if scheme == "file":

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -33,7 +33,6 @@ from forge.io.access import SourceAccess
 from forge.io.secrets import scrub, without_query, without_url_secrets
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 NO_ACCESS = SourceAccess()
 
 
@@ -259,7 +258,7 @@ def _reason(e: BaseException, secrets: tuple[str, ...]) -> str:
     return scrub(without_url_secrets(text), secrets)
 
 
-def _with_retries(
+def _with_retries[T](
     once: Callable[[], T],
     display_url: str,
     secrets: tuple[str, ...],

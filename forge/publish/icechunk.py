@@ -18,30 +18,44 @@ the environment, as the clouds' SDKs take them), ``gs://``, or ``az://container/
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import icechunk
 import zarr
-from icechunk import ForkSession, Repository, Session
 
 from forge.errors import ForgeError
 
+if TYPE_CHECKING:
+    import icechunk
+    from icechunk import ForkSession, Repository, Session
+
 logger = logging.getLogger(__name__)
-if "ICECHUNK_LOG" not in os.environ:
-    # Icechunk warns on every open of a local repository that concurrent commits are unsafe there: a
-    # run's publish is a compare-and-swap of main, which local disk makes atomic only short of a race
-    # within the same instant (docs/publishing.md). Errors still show; ICECHUNK_LOG sets the rest.
-    icechunk.set_logs_filter("error")
 MAIN = "main"
 RUN_BRANCH_PREFIX = "forge-run-"
 STALE_AFTER = dt.timedelta(days=7)  # an abandoned run branch older than this is deleted
 KIND = "forge:kind"  # commit metadata: build, append, rollback (prepare: a run's template, not published)
+
+
+@functools.cache
+def _icechunk() -> ModuleType:
+    """icechunk, imported on first use, not with this module: a process that has imported icechunk 2
+    cannot fork (the child's first Icechunk call through zarr never returns: tokio), and the fork server
+    of the Dask workers imports the stages, this module among them."""
+    import icechunk
+
+    if "ICECHUNK_LOG" not in os.environ:
+        # Icechunk warns on every open of a local repository that concurrent commits are unsafe there: a
+        # run's publish is a compare-and-swap of main, which local disk makes atomic only short of a race
+        # within the same instant (docs/publishing.md). Errors still show; ICECHUNK_LOG sets the rest.
+        icechunk.set_logs_filter("error")
+    return icechunk
 
 
 class PublishError(ForgeError):
@@ -53,10 +67,10 @@ def storage_for(url: str) -> icechunk.Storage:
     parts = urlsplit(url)
     scheme, bucket, prefix = parts.scheme, parts.netloc, parts.path.strip("/")
     if scheme in ("", "file"):
-        return icechunk.local_filesystem_storage(parts.path if scheme else url)
+        return _icechunk().local_filesystem_storage(parts.path if scheme else url)
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return icechunk.s3_storage(
+        return _icechunk().s3_storage(
             bucket=bucket,
             prefix=prefix,
             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
@@ -66,25 +80,46 @@ def storage_for(url: str) -> icechunk.Storage:
             from_env=True,
         )
     if scheme in ("gs", "gcs"):
-        return icechunk.gcs_storage(bucket=bucket, prefix=prefix, from_env=True)
+        return _icechunk().gcs_storage(bucket=bucket, prefix=prefix, from_env=True)
     if scheme in ("az", "abfs", "abfss"):
         container, _, account_host = bucket.partition("@")
         account = account_host.split(".")[0] or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
-        return icechunk.azure_storage(account=account, container=container, prefix=prefix, from_env=True)
+        return _icechunk().azure_storage(account=account, container=container, prefix=prefix, from_env=True)
     raise PublishError(f"no Icechunk storage for {url!r}: use a local path, s3://, gs:// or az://")
 
 
 def open_repository(url: str, create: bool = False) -> Repository:
     storage = storage_for(url)
-    if Repository.exists(storage):
-        return Repository.open(storage)
+    if _icechunk().Repository.exists(storage):
+        return _icechunk().Repository.open(storage)
     if not create:
         raise PublishError(f"{url} is not an Icechunk repository: build it first")
-    return Repository.create(storage)
+    return _icechunk().Repository.create(storage)
 
 
 def exists(url: str) -> bool:
-    return Repository.exists(storage_for(url))
+    return _icechunk().Repository.exists(storage_for(url))
+
+
+def format_version(url: str) -> int:
+    """The repository's Icechunk format (spec) version: 1 as the Icechunk 1 line writes it, 2 as new
+    repositories are made. This project reads, appends to and publishes both."""
+    return int(open_repository(url).spec_version)
+
+
+def upgrade(url: str, dry_run: bool = False) -> tuple[int, int]:
+    """Move a repository to the current Icechunk format: (version before, version after; with
+    ``dry_run``, the version it would have).
+
+    Irreversible: readers on the Icechunk 1 line can no longer open it. Icechunk requires that nothing
+    else reads or writes the repository meanwhile (no run, no append deployment).
+    """
+    repo = open_repository(url)
+    before = int(repo.spec_version)
+    if before >= int(_icechunk().spec_version()):
+        return before, before
+    upgraded = _icechunk().upgrade_icechunk_repository(repo, dry_run=dry_run)
+    return before, int(_icechunk().spec_version()) if dry_run else int(upgraded.spec_version)
 
 
 @dataclass(frozen=True)
@@ -137,7 +172,7 @@ def commit_and_publish(txn: Transaction, session: Session, message: str, metadat
     repo = txn.repository()
     try:
         repo.reset_branch(MAIN, snapshot, from_snapshot_id=txn.base)
-    except icechunk.IcechunkError as e:
+    except _icechunk().IcechunkError as e:
         now = repo.lookup_branch(MAIN)
         raise PublishError(
             f"{txn.url}: main moved while this run worked (from {txn.base} to {now}): another run published "
@@ -189,7 +224,7 @@ def rollback(url: str, to: str, metadata: Mapping[str, Any]) -> str:
     repo = open_repository(url)
     try:
         published = KIND in repo.lookup_snapshot(to).metadata
-    except icechunk.IcechunkError:
+    except _icechunk().IcechunkError:
         published = False
     if not published:
         raise PublishError(f"{to} is not a commit forge published in {url} (see `forge history`)")
