@@ -41,6 +41,7 @@ from forge.build.target import (
 )
 from forge.build.times import decode_times, exact_encoding, is_time_units
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.build.writers import write_units
 from forge.errors import ForgeError
 from forge.io.storage import Storage
 from forge.publish import icechunk as icechunk_target
@@ -316,7 +317,7 @@ def prepare_append(
         if dim in dims and name != dim:
             axis = dims.index(dim)
             arr.resize(tuple(total if i == axis else n for i, n in enumerate(arr.shape)))
-            chunk = chunk or arr.chunks[axis]
+            chunk = chunk or write_units(arr)[axis]
     sessions = []
     if transaction is not None:  # nobody reads the run's branch: the coordinate is written now
         write_coordinate(group, dim, np.concatenate([stored, encoded]))

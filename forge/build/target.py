@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import math
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -113,6 +114,27 @@ def concat_chunk(recipe: XarrayZarrRecipe, template: Template) -> int:
     return default_chunk(item_bytes, template.sizes[dim])
 
 
+def concat_write_unit(recipe: XarrayZarrRecipe, template: Template, chunk: int) -> int:
+    """What one writer writes whole along the concat dimension: a shard where the recipe shards the
+    target (concurrent partial writes of one shard lose data, zarr-python#3682), else a chunk."""
+    return recipe.target_shards.get(template.concat_dim, chunk)  # a whole number of chunks: _shards_for
+
+
+def _shards_for(recipe: XarrayZarrRecipe, spec: VariableSpec, chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """The shard shape of a sharded data variable: ``target_shards``, else one shard along the dimension
+    (a whole number of chunks)."""
+    shards = []
+    for dim, n, c in zip(spec.dims, spec.shape, chunks, strict=True):
+        shard = recipe.target_shards.get(dim, math.ceil(n / c) * c)
+        if shard % c:
+            raise RecipeError(
+                f"target_shards[{dim!r}] = {shard} is not a multiple of {spec.name!r}'s chunk length {c} "
+                f"along {dim!r}"
+            )
+        shards.append(shard)
+    return tuple(shards)
+
+
 def stack_of(template: Template) -> Stack | None:
     """How the inputs are stacked along a second ConcatDim (None: there is none)."""
     return Stack(template.stack_dim, template.stack_lengths) if template.stack_dim else None
@@ -187,6 +209,7 @@ def fingerprint(
         repr(
             (
                 sorted(recipe.target_chunks.items()),
+                sorted(recipe.target_shards.items()),
                 recipe.inputs_per_chunk,
                 recipe.zarr_format,
                 sorted(recipe.attrs.items()),
@@ -243,10 +266,13 @@ def _template_dataset(
             variables[name] = found[0] if len(found) == 1 else xr.Variable.concat(found, stack)
     for v in template.variables:
         chunks = _chunks_for(recipe, v, template, chunk)
+        sharded = bool(recipe.target_shards) and v.along_concat and not v.is_coord
+        shards = _shards_for(recipe, v, chunks) if sharded else None
         if v.name == template.concat_dim and template.concat_values is not None:
             var, encoding = concat_coordinate(v, template.concat_values, template.concat_encoding)
         elif v.along_concat:
-            var = xr.Variable(v.dims, dask.array.zeros(v.shape, dtype=v.dtype, chunks=chunks), attrs=v.attrs)
+            lazy = dask.array.zeros(v.shape, dtype=v.dtype, chunks=shards or chunks)
+            var = xr.Variable(v.dims, lazy, attrs=v.attrs)
             encoding = dict(v.encoding)
             if recipe.compressors is not None and not v.is_coord:
                 encoding["compressors"] = tuple(recipe.compressors)
@@ -254,7 +280,7 @@ def _template_dataset(
             var = variables[v.name]
             var.attrs = dict(v.attrs)
             encoding = dict(v.encoding)
-        var.encoding = {**encoding, "chunks": chunks}
+        var.encoding = {**encoding, "chunks": chunks, **({"shards": shards} if shards else {})}
         variables[v.name] = var
     coords = {v.name: variables[v.name] for v in template.variables if v.is_coord}
     data = {v.name: variables[v.name] for v in template.variables if not v.is_coord}
@@ -357,7 +383,14 @@ def prepare_target(
     batches = (
         []
         if complete or not template.concat_dim
-        else plan_write_batches(recipe, template, summaries, chunk, workers=run.workers, sessions=sessions)
+        else plan_write_batches(
+            recipe,
+            template,
+            summaries,
+            concat_write_unit(recipe, template, chunk),
+            workers=run.workers,
+            sessions=sessions,
+        )
     )
     spec = TargetSpec(
         run,

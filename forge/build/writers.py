@@ -77,10 +77,15 @@ class _Inputs:
             self.open.pop(key)[1].close()
 
 
+def write_units(arr: zarr.Array) -> tuple[int, ...]:
+    """What a writer writes whole: the array's shards, else its chunks."""
+    return arr.shards or arr.chunks
+
+
 def _blocks(spec: VariableSpec, arr: zarr.Array, concat_dim: str) -> Iterator[dict[str, slice]]:
-    """Regions of one concat chunk, one per Zarr chunk along the other dimensions."""
+    """Regions of one concat chunk (or shard), one per Zarr chunk (or shard) along the other dimensions."""
     ranges = []
-    for dim, n, c in zip(spec.dims, spec.shape, arr.chunks, strict=True):
+    for dim, n, c in zip(spec.dims, spec.shape, write_units(arr), strict=True):
         if dim == concat_dim:
             continue
         ranges.append([(dim, slice(s, min(s + c, n))) for s in range(0, n, c)])
@@ -126,15 +131,15 @@ def chunk_blocks(
     (a block along a stack dimension is read from the one stacked input that holds it)."""
     axis = spec.dims.index(concat_dim)
     length = chunk.stop - chunk.start
-    size = arr.chunks[axis]
-    # A write stays inside one Zarr chunk and ends at its end (or the array's); it may start inside it
-    # only when an append fills the rest of a partly written chunk.
+    size = write_units(arr)[axis]
+    # A write stays inside one Zarr chunk (or shard) and ends at its end (or the array's); it may start
+    # inside it only when an append fills the rest of a partly written one.
     if chunk.start // size != (chunk.stop - 1) // size or (
         chunk.stop % size and chunk.stop != arr.shape[axis]
     ):
         raise ChunkWriteError(
             f"chunk {chunk.index} [{chunk.start}, {chunk.stop}) does not match the Zarr chunks "
-            f"{arr.chunks} of {spec.name!r}; the write plan is inconsistent with the target"
+            f"{write_units(arr)} of {spec.name!r}; the write plan is inconsistent with the target"
         )
     for block in _blocks(spec, arr, concat_dim):
         shape = [length if d == concat_dim else block[d].stop - block[d].start for d in spec.dims]

@@ -74,6 +74,10 @@ class XarrayZarrRecipe(_OverPattern):
         Chunk length per dimension in the target (-1: the whole dimension); dimensions left out are not
         split, except the concat dimension, whose default gives chunks of about 64 MiB for the largest
         variable.
+    target_shards
+        Zarr v3 shards of the data variables: shard length per dimension, a multiple of the chunk length
+        there (dimensions left out: one shard spans the dimension). Each shard is one object holding
+        its chunks; every shard has exactly one writer, which writes it whole.
     process_input
         ``f(ds, url) -> ds`` (or ``f(ds) -> ds``), applied to every input after it is opened (decoded), as
         in pangeo-forge.
@@ -126,6 +130,7 @@ class XarrayZarrRecipe(_OverPattern):
 
     pattern: FilePattern
     target_chunks: Mapping[str, int] = field(default_factory=dict)
+    target_shards: Mapping[str, int] = field(default_factory=dict)
     process_input: ProcessInput | None = None
     xarray_open_kwargs: Mapping[str, Any] = field(default_factory=dict)
     zarr_format: int = 3
@@ -160,6 +165,11 @@ class XarrayZarrRecipe(_OverPattern):
                 raise ValueError(
                     f"target_chunks[{dim!r}] must be a positive integer or -1 (whole), not {n!r}"
                 )
+        for dim, n in self.target_shards.items():
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"target_shards[{dim!r}] must be a positive integer, not {n!r}")
+        if self.target_shards and self.zarr_format != 3:
+            raise ValueError("shards are a Zarr v3 codec: use zarr_format=3 with target_shards")
         if self.inputs_per_chunk is not None and (
             not isinstance(self.inputs_per_chunk, int) or self.inputs_per_chunk < 1
         ):
