@@ -3,6 +3,7 @@ field by field, a build that fails names its input, and the CF checks tell error
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +71,9 @@ def test_a_good_recipe_passes_and_a_bad_meta_yaml_is_named_field_by_field(tmp_pa
     write_inputs(make_dataset(4, variables=("tas",)), Path(served.root), 1)
     good = forge_check(write_recipe(tmp_path / "good", META, served.url))
     assert good.returncode == 0, good.stdout + good.stderr
-    assert good.stdout.strip().splitlines()[-1] == "forge check good: passed (2 warnings)"
+    assert good.stdout.strip().splitlines()[-1] == "forge check good: passed (4 warnings)"
     assert "warning: CF: tas: no standard_name" in good.stdout
+    assert re.search(r"warning: layout: tas: chunks of \S+ MB .*, far below a few MB", good.stdout)
 
     bad_meta = {
         "description": "",
@@ -155,3 +157,15 @@ def test_cf_checks_tell_what_is_wrong_from_what_is_missing(tmp_path):
     assert check_cf(flags, flags) == Findings(
         ["flag: _FillValue 300 does not fit its type, int8"], ["flag: no long_name, no standard_name"]
     )
+
+
+def test_layout_guidance_for_chunks_and_shards():
+    """Compressed chunks of a few MB and shards of a few hundred MB pass; far from those, a warning."""
+    from forge.check.layout import layout_warnings
+
+    oisst = (720, 1440)
+    assert layout_warnings("sst", (10, *oisst), (120, *oisst), 2, ratio=0.5) == []
+    [small] = layout_warnings("sst", (10, *oisst), (10, *oisst), 2, ratio=0.5)
+    assert small.startswith("sst: shards of 9.89 MB compressed (estimated), far below a few hundred MB")
+    [large] = layout_warnings("sst", (3650, *oisst), None, 2)
+    assert large.startswith("sst: chunks of 7.22e+03 MB raw, far above a few MB")

@@ -9,13 +9,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
+import xarray as xr
 import yaml
 
 from forge.build.stages import run_spec_for
 from forge.catalog.catalog import open_published
 from forge.check.cf import check_cf
+from forge.check.layout import layout_warnings
 from forge.errors import ForgeError
 from forge.io.secrets import Lookup, env_lookup
+from forge.io.storage import join
 from forge.recipe.loading import find_recipe, load_recipe
 from forge.recipe.meta import problems
 from forge.recipe.recipes import ReferenceRecipe
@@ -60,6 +64,22 @@ def check_meta(meta_path: Path, report: Report) -> bool:
     return not found
 
 
+def store_layout(raw: xr.Dataset, url: str, target_format: str) -> list[str]:
+    """Chunk and shard sizes of the data variables against the guidance (:mod:`forge.check.layout`),
+    compressed sizes estimated from what the pruned build stored (on Zarr targets)."""
+    found = []
+    for name, var in raw.data_vars.items():
+        chunks = var.encoding.get("chunks")
+        if not chunks or var.ndim < 2:
+            continue
+        ratio = None
+        if target_format == "zarr" and var.nbytes:
+            fs, path = fsspec.core.url_to_fs(join(url, str(name)))
+            ratio = min(1.0, fs.du(path) / var.nbytes)  # tiny arrays: their overhead is no ratio
+        found += layout_warnings(str(name), chunks, var.encoding.get("shards"), var.dtype.itemsize, ratio)
+    return found
+
+
 def check_recipe(
     ref: str,
     prune: int = 2,
@@ -99,6 +119,8 @@ def check_recipe(
         raw = open_published(run.target_url, run.target_format, references, decode_cf=False)
         decoded = open_published(run.target_url, run.target_format, references)
         findings = check_cf(raw, decoded)
+        if not references:
+            report.warnings += [f"layout: {w}" for w in store_layout(raw, run.target_url, run.target_format)]
     report.errors += [f"CF: {e}" for e in findings.errors]
     report.warnings += [f"CF: {w}" for w in findings.warnings]
     if not findings.errors:
