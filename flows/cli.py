@@ -208,6 +208,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from forge.publish.icechunk import upgrade
+
+    url = _published_target(args)
+    before, after = upgrade(url, dry_run=args.dry_run)
+    if before == after:
+        print(f"{url} is already in Icechunk format {after}: nothing to do")
+    elif args.dry_run:
+        print(f"{url} can be upgraded from Icechunk format {before} to {after} (dry run: nothing changed)")
+    else:
+        print(f"{url} upgraded from Icechunk format {before} to {after}; Icechunk 1.x readers cannot open it")
+    return 0
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     from flows.recipe import DEFAULT_TARGET_ROOT
     from forge.catalog.catalog import listing
@@ -354,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", required=True, metavar="SNAPSHOT", help="a commit id from `forge history`")
     back.add_argument("--target-root", help="where the repository is (default ./data/target)")
     back.set_defaults(func=cmd_rollback)
+    up = sub.add_parser(
+        "upgrade",
+        help="move an Icechunk target written by Icechunk 1 to the current format (irreversible; "
+        "stop every other reader and writer first)",
+    )
+    up.add_argument("recipe")
+    up.add_argument("--target-root", help="where the repository is (default ./data/target)")
+    up.add_argument("--dry-run", action="store_true", help="check that it can be upgraded, change nothing")
+    up.set_defaults(func=cmd_upgrade)
     cat = sub.add_parser("catalog", help="what the STAC catalog of a target root holds")
     cat.add_argument("--target-root", help="the catalog's root (default ./data/target)")
     cat.set_defaults(func=cmd_catalog)

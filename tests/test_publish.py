@@ -7,6 +7,7 @@ with Icechunk a failed check means no commit, with Zarr the published metadata s
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -275,3 +276,44 @@ def test_forge_history_and_rollback_on_the_command_line(served, run_spec, days20
         [*forge, "rollback", *args, "--to", "NOTASNAPSHOT"], capture_output=True, text=True
     )
     assert refused.returncode == 2 and "is not a commit forge published" in refused.stderr
+
+
+ICECHUNK1 = Path(__file__).parent / "data" / "icechunk1"
+
+
+def test_a_repository_of_the_icechunk_1_line_takes_appends_and_upgrades(tmp_path):
+    """``demo.icechunk`` was written by this project on icechunk 1.1 (tests/data/icechunk1/make.py): the
+    current stack appends to it as it is, and ``forge upgrade`` moves it to the current format."""
+    from forge.build.stages import run_spec_for
+    from forge.recipe.loading import load_recipe
+    from forge.replicas.server import SourceServer
+    from forge.testing import forge_cli
+
+    recipe = str(ICECHUNK1 / "demo")
+    url = str(tmp_path / "target" / "demo.icechunk")
+    shutil.copytree(ICECHUNK1 / "demo.icechunk", url)
+    paths = write_inputs(make_dataset(4), tmp_path / "src", 1)
+    assert ic.format_version(url) == 1
+    with SourceServer(root=tmp_path / "src") as source:
+        rewrites = {"https://data.example.org/archive/": source.url + "/"}
+        run = run_spec_for(recipe, str(tmp_path / "target"), str(tmp_path / "cache"), None, rewrites)
+        assert run_locally(load_recipe(recipe), run, append=True)["appended"] == 2
+    assert_store_matches(url, paths)
+    assert [c.metadata[ic.KIND] for c in ic.history(url)] == ["append", "build"]
+    assert ic.format_version(url) == 1  # an append leaves the format as it was
+
+    dry = forge_cli("upgrade", recipe, "--target-root", str(tmp_path / "target"), "--dry-run")
+    assert dry.returncode == 0 and "from Icechunk format 1 to 2 (dry run" in dry.stdout, dry.stderr
+    assert ic.format_version(url) == 1
+    done = forge_cli("upgrade", recipe, "--target-root", str(tmp_path / "target"))
+    assert done.returncode == 0 and "upgraded from Icechunk format 1 to 2" in done.stdout, done.stderr
+    assert ic.format_version(url) == 2
+    assert_store_matches(url, paths)
+    assert [c.metadata[ic.KIND] for c in ic.history(url)] == ["append", "build"]
+    again = forge_cli("upgrade", recipe, "--target-root", str(tmp_path / "target"))
+    assert "already in Icechunk format 2" in again.stdout
+
+
+def test_new_icechunk_repositories_are_in_the_current_format(tmp_path):
+    txn, _ = ic.begin(str(tmp_path / "new.icechunk"))
+    assert ic.format_version(txn.url) == 2
