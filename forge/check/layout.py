@@ -9,6 +9,10 @@ from collections.abc import Sequence
 MB = 2**20
 CHUNK_BYTES = (MB // 4, 64 * MB)  # "a few MB", compressed, give or take a factor of 4 to 16
 SHARD_BYTES = (25 * MB, 2048 * MB)  # "a few hundred MB"
+ADVICE = {  # (when too small, when too large)
+    "chunks": ("larger chunks read faster from object storage", "a small read fetches all of it"),
+    "shards": ("fewer, larger shards make fewer objects", "each is rewritten whole by an append into it"),
+}
 
 
 def _size(n: float) -> str:
@@ -33,27 +37,13 @@ def layout_warnings(
     ['tas: chunks of 9.16e-05 MB raw, far below a few MB: larger chunks read faster from object storage']
     """
     scale, how = (ratio, "compressed (estimated)") if ratio else (1.0, "raw")
-    found = []
-    chunk = math.prod(chunks) * itemsize * scale
-    if chunk < CHUNK_BYTES[0]:
-        found.append(
-            f"{name}: chunks of {_size(chunk)} {how}, far below a few MB: larger chunks read faster "
-            "from object storage"
-        )
-    elif chunk > CHUNK_BYTES[1]:
-        found.append(
-            f"{name}: chunks of {_size(chunk)} {how}, far above a few MB: a small read fetches all of it"
-        )
+    judged = [("chunks", chunks, CHUNK_BYTES, "a few MB", ADVICE["chunks"])]
     if shards:
-        shard = math.prod(shards) * itemsize * scale
-        if shard < SHARD_BYTES[0]:
-            found.append(
-                f"{name}: shards of {_size(shard)} {how}, far below a few hundred MB: fewer, larger "
-                "shards make fewer objects"
-            )
-        elif shard > SHARD_BYTES[1]:
-            found.append(
-                f"{name}: shards of {_size(shard)} {how}, far above a few hundred MB: each is rewritten "
-                "whole by an append into it"
-            )
+        judged.append(("shards", shards, SHARD_BYTES, "a few hundred MB", ADVICE["shards"]))
+    found = []
+    for what, shape, (low, high), guidance, (if_small, if_large) in judged:
+        size = math.prod(shape) * itemsize * scale
+        if not low <= size <= high:
+            side, advice = ("below", if_small) if size < low else ("above", if_large)
+            found.append(f"{name}: {what} of {_size(size)} {how}, far {side} {guidance}: {advice}")
     return found
