@@ -99,12 +99,17 @@ def test_an_append_into_a_shard_that_dies_midway_leaves_the_published_store_and_
     assert_store_matches(run.target_url, sources)
 
 
-def test_shards_must_hold_whole_chunks(replica, run_spec):
+def test_shards_hold_whole_chunks_and_one_chunk_along_time_unless_told(replica, run_spec):
+    rewrites = ((NCEI, replica.url + "/"),)
     with pytest.raises(
         RecipeError, match=r"target_shards\['time'\] = 10 is not a multiple of 'sst''s chunk length 4"
     ):
-        run_locally(
-            sharded(12, target_shards={"time": 10}), run_spec(url_rewrites=((NCEI, replica.url + "/"),))
-        )
+        run_locally(sharded(12, target_shards={"time": 10}), run_spec(url_rewrites=rewrites))
+    # Shards along the other dimensions only: one chunk along time, so each shard still has one writer.
+    out = run_locally(
+        sharded(8, target_shards={"lat": 36}), run_spec(recipe_id="tiles", url_rewrites=rewrites)
+    )
+    assert open_group(out["url"])["sst"].shards == (4, 1, 36, 72)
+    assert_store_matches(out["url"], [replica.files.path_for(day) for day in DAYS[:8]])
     with pytest.raises(ValueError, match="use zarr_format=3 with target_shards"):
         sharded(12, zarr_format=2)

@@ -120,12 +120,14 @@ def concat_write_unit(recipe: XarrayZarrRecipe, template: Template, chunk: int) 
     return recipe.target_shards.get(template.concat_dim, chunk)  # a whole number of chunks: _shards_for
 
 
-def _shards_for(recipe: XarrayZarrRecipe, spec: VariableSpec, chunks: tuple[int, ...]) -> tuple[int, ...]:
-    """The shard shape of a sharded data variable: ``target_shards``, else one shard along the dimension
-    (a whole number of chunks)."""
+def _shards_for(
+    recipe: XarrayZarrRecipe, spec: VariableSpec, chunks: tuple[int, ...], concat_dim: str | None
+) -> tuple[int, ...]:
+    """The shard shape of a sharded data variable: ``target_shards``, else one chunk along the concat
+    dimension (what :func:`concat_write_unit` writes) and one shard spanning any other dimension."""
     shards = []
     for dim, n, c in zip(spec.dims, spec.shape, chunks, strict=True):
-        shard = recipe.target_shards.get(dim, math.ceil(n / c) * c)
+        shard = recipe.target_shards.get(dim, c if dim == concat_dim else math.ceil(n / c) * c)
         if shard % c:
             raise RecipeError(
                 f"target_shards[{dim!r}] = {shard} is not a multiple of {spec.name!r}'s chunk length {c} "
@@ -267,7 +269,7 @@ def _template_dataset(
     for v in template.variables:
         chunks = _chunks_for(recipe, v, template, chunk)
         sharded = bool(recipe.target_shards) and v.along_concat and not v.is_coord
-        shards = _shards_for(recipe, v, chunks) if sharded else None
+        shards = _shards_for(recipe, v, chunks, template.concat_dim) if sharded else None
         if v.name == template.concat_dim and template.concat_values is not None:
             var, encoding = concat_coordinate(v, template.concat_values, template.concat_encoding)
         elif v.along_concat:

@@ -76,8 +76,9 @@ class XarrayZarrRecipe(_OverPattern):
         variable.
     target_shards
         Zarr v3 shards of the data variables: shard length per dimension, a multiple of the chunk length
-        there (dimensions left out: one shard spans the dimension). Each shard is one object holding
-        its chunks; every shard has exactly one writer, which writes it whole.
+        there (dimensions left out: one chunk along the concat dimension, one shard spanning any other).
+        Each shard is one object holding its chunks; every shard has exactly one writer, which writes it
+        whole.
     process_input
         ``f(ds, url) -> ds`` (or ``f(ds) -> ds``), applied to every input after it is opened (decoded), as
         in pangeo-forge.
