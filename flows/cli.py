@@ -131,6 +131,7 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
     """Answer --dry-run, and "nothing new", from the store and the source alone: no Prefect, no cluster."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
     from forge.build.append import describe_append, plan_append
+    from forge.io.secrets import MissingSecretError
     from forge.recipe.loading import load_recipe
     from forge.recipe.recipes import ReferenceRecipe
 
@@ -139,7 +140,10 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
     recipe = load_recipe(run.recipe).pruned(run.prune)
     if isinstance(recipe, ReferenceRecipe):  # the flow's plan-append asks
         return False
-    run, new = plan_append(recipe, run)
+    try:
+        run, new = plan_append(recipe, run)
+    except MissingSecretError:  # only in a Prefect Secret block, perhaps: the flow's plan-append asks
+        return False
     if not new or args.dry_run:
         print(describe_append(recipe, run, new, dry_run=True))
         return True

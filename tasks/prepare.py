@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from forge.build.schema import InputSummary
-from forge.build.stages import plan_append, prepare
+from forge.build.stages import plan_append, prepare, source_probe
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
-from tasks.common import Opaque, recipe_for, stage
+from tasks.common import Opaque, recipe_for, secret_lookup, stage
 
 
 @stage(name="prepare-target", retries=2, retry_delay_seconds=10)
@@ -18,5 +18,7 @@ def prepare_target(
 
 @stage(name="plan-append")
 def plan_append_run(run: RunSpec) -> tuple[RunSpec, list[str]]:
-    """Where the store ends, and the inputs beyond it (none: nothing to do)."""
-    return plan_append(recipe_for(run), run)
+    """Where the store ends, and the inputs beyond it (none: nothing to do), asked of the source with the
+    secrets the cache stage fetches with (environment, then Prefect Secret blocks)."""
+    recipe = recipe_for(run)
+    return plan_append(recipe, run, source_probe(recipe, run, secret_lookup))

@@ -279,3 +279,28 @@ def test_schema_mismatch_fails_before_writing_and_keeps_the_old_store(served, tm
     assert state.is_failed()
     assert "all_0002.nc: variables differ" in logs(state.state_details.flow_run_id)
     xr.testing.assert_identical(open_store(good["url"]), before)
+
+
+def test_a_password_only_in_a_secret_block_builds_and_appends(tmp_path, monkeypatch):
+    """Every stage and probe looks secrets up the same way (environment, then Prefect Secret block):
+    the append's look at the source too, which once asked the environment only."""
+    from prefect.blocks.system import Secret as SecretBlock
+
+    from forge.replicas.server import SourceServer
+
+    password = "pw-only-in-a-block"
+    monkeypatch.delenv("DEMO_BLOCK_PASSWORD", raising=False)
+    SecretBlock(value=password).save("demo-block-password", overwrite=True)
+    paths = write_inputs(make_dataset(6), tmp_path / "src", 1)
+    auth = 'fsspec_open_kwargs={"auth": ("alice", Secret("DEMO_BLOCK_PASSWORD"))}'
+    with SourceServer(root=tmp_path / "src", basic_auth=("alice", password)) as source:
+        recipe_dir = write_recipe(tmp_path, 4, chunk=2, pattern_kwargs=auth)
+        built = run_flow(recipe_dir, tmp_path, source)
+        assert built.is_completed(), built.message
+        write_recipe(tmp_path, 6, chunk=2, pattern_kwargs=auth)  # two more days in the pattern
+        fetched_before = {p for p, n in source.requests.items() if n}
+        appended = run_flow(recipe_dir, tmp_path, source, append=True)
+    assert appended.is_completed(), appended.message
+    assert appended.result()["appended"] == 2
+    assert {p for p in source.requests if p not in fetched_before} == {"/all_0004.nc", "/all_0005.nc"}
+    assert_store_matches(appended.result()["url"], paths)
