@@ -30,11 +30,19 @@ def chromium() -> str:
     return found
 
 
-def rendered(url: str, screenshot: Path | None = None) -> str:
-    """The page's DOM once its scripts have rendered it; ``screenshot``: also a PNG of it there."""
-    command = [chromium(), *BROWSER_FLAGS, "--dump-dom", url]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+def rendered(url: str, screenshot: Path | None = None, showing: str | None = None) -> str:
+    """The page's DOM once its scripts have rendered it; ``screenshot``: also a PNG of it there.
+
+    ``showing``: text the page shows once its data has loaded. Chromium's virtual time can run out
+    before the page's API calls answer on a loaded machine, so the page is loaded again (three times at
+    most) until the text is there.
+    """
+    for _ in range(3):
+        command = [chromium(), *BROWSER_FLAGS, "--dump-dom", url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if showing is None or showing in done.stdout:
+            break
     if screenshot is not None:
         shot = [chromium(), *BROWSER_FLAGS, f"--screenshot={screenshot}", url]
         subprocess.run(shot, capture_output=True, timeout=120, check=True)

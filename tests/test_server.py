@@ -96,9 +96,10 @@ def test_forge_run_keeps_a_real_server_and_workers_for_runs_from_any_folder(home
     assert f"stays up for later runs (UI: {server.ui_url})" in first and alive(server.pid)
     view = re.search(r"View at (http://\S+/runs/flow-run/\S+)", first).group(1)
     assert view.startswith(server.ui_url)
-    assert "noaa-oisst · build · first 2" in rendered(view, tmp_path / "flow-run.png")
+    name = "noaa-oisst · build · first 2"
+    assert name in rendered(view, tmp_path / "flow-run.png", showing=name)
     assert "<title>Dashboard • Prefect Server</title>" in rendered(server.ui_url)  # the printed address
-    assert "noaa-oisst · build · first 2" in rendered(f"{server.ui_url}/runs")
+    assert name in rendered(f"{server.ui_url}/runs", showing=name)
     replica = OisstReplica(tmp_path / "replica")
     days = [replica.path_for(day) for day in pd.date_range("1981-09-01", periods=2)]
     assert_store_matches(str(tmp_path / "a" / "data" / "target" / "noaa-oisst.zarr"), days)
