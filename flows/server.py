@@ -271,20 +271,16 @@ def all_stacks() -> list[StackProcess]:
 
 
 def stop_all_stacks() -> list[StackProcess]:
-    """Stop every kept server and cluster this user started; those stopped."""
+    """Stop every kept server and cluster this user started; those stopped (a home's state file is
+    forgotten only where it still records the process stopped)."""
     stopped = all_stacks()
     for process in stopped:
         home = Path(process.home)
-        state = home / (STATE_FILE if process.kind == "server" else CLUSTER_FILE)
-        _terminate(process.pid, process.marker, state if _recorded_pid(state) == process.pid else None)
+        server = process.kind == "server"
+        recorded = _recorded(home) if server else _recorded_cluster(home)
+        state = home / (STATE_FILE if server else CLUSTER_FILE)
+        _terminate(process.pid, process.marker, state if recorded and recorded.pid == process.pid else None)
     return stopped
-
-
-def _recorded_pid(state: Path) -> int | None:
-    try:
-        return json.loads(state.read_text()).get("pid")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 @contextlib.contextmanager

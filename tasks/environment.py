@@ -11,7 +11,6 @@ run. The workers are single-threaded processes, so one task at a time sees the p
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ WORKER_OWN_PREFIXES = ("PREFECT_", "DASK_")
 WORKER_OWN = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"}
 
 _RUNS: dict[str, RunEnvironment] = {}
-_applied: list[str] = []  # the digest of the environment the process last had applied
+_applied: list[RunEnvironment] = []  # the environment the process last had applied
 
 
 def _worker_own(name: str) -> bool:
@@ -43,10 +42,6 @@ class RunEnvironment:
     def of_this_process(cls) -> RunEnvironment:
         own = {k: v for k, v in os.environ.items() if not _worker_own(k)}
         return cls(own, os.getcwd())
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(repr((sorted(self.variables.items()), self.cwd)).encode()).hexdigest()
 
 
 class RunEnvironmentPlugin(WorkerPlugin):
@@ -79,9 +74,9 @@ def run_environment(flow_run_id: str | None) -> Iterator[None]:
     _apply(environment.variables)
     with contextlib.suppress(OSError):  # a folder deleted since: paths are absolute where it matters
         os.chdir(environment.cwd)
-    if _applied != [environment.digest]:
+    if _applied != [environment]:
         _forget_clients()
-        _applied[:] = [environment.digest]
+        _applied[:] = [environment]
     try:
         yield
     finally:
