@@ -149,9 +149,9 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
         summaries = [s for part in pool.map(_cache, [run] * len(batches), batches) for s in part]
         target, write_batches = prepare(recipe, run, summaries)
         t1 = time.perf_counter()
-        list(pool.map(_store, [target] * len(write_batches), write_batches))
+        stored = list(pool.map(_store, [target] * len(write_batches), write_batches))
         t2 = time.perf_counter()
-        finalize(recipe, target, {})
+        finalize(recipe, target, {}, stored)
     wall = time.perf_counter() - t0
     return wall, {"cache + prepare": t1 - t0, "store": t2 - t1}
 

@@ -112,7 +112,11 @@ def catalog_hint(catalog: str, recipe_id: str) -> str:
     """Where the run's catalog is and how to open the dataset through it (``catalog``: a path or a URL,
     whose ``//`` a Path would collapse)."""
     opener = f"forge.open_dataset({recipe_id!r}, catalog={catalog.rsplit('/', 1)[0]!r})"
-    return f"catalog: {catalog} (`forge catalog` lists it; or {opener})"
+    page = f"{catalog.rsplit('/', 1)[0]}/index.html"
+    return (
+        f"catalog: {catalog} (`forge catalog` lists it; or {opener})\n"
+        f"page: {page} (`forge catalog --serve` shows it)"
+    )
 
 
 def open_snippet(url: str) -> str:
@@ -231,8 +235,35 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     from forge.catalog.catalog import listing
 
     root = args.target_root or DEFAULT_TARGET_ROOT
+    if args.serve:
+        return serve_catalog(root, args.port)
     lines = listing(root)
     print("\n".join(lines) if lines else f"the catalog at {root} lists no datasets")
+    return 0
+
+
+def serve_catalog(root: str, port: int) -> int:
+    """Serve a local target root on loopback until Ctrl-C, and print the catalog page's address."""
+    from forge.catalog.catalog import CATALOG, PAGE, write_page
+    from forge.catalog.serve import catalog_server
+
+    folder = Path(root)
+    if "://" in root or not (folder / CATALOG).exists():
+        print(f"forge catalog --serve: no catalog at {root} (serve a local target root that has a {CATALOG})")
+        return 2
+    if not (folder / PAGE).exists():  # a catalog written before pages were
+        write_page(str(folder.resolve()))
+    server = catalog_server(folder, port)
+    print(
+        f"catalog page: http://127.0.0.1:{server.server_address[1]}/{PAGE} (serving {folder}; Ctrl-C stops)"
+    )
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -383,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_upgrade)
     cat = sub.add_parser("catalog", help="what the STAC catalog of a target root holds")
     cat.add_argument("--target-root", help="the catalog's root (default ./data/target)")
+    cat.add_argument("--serve", action="store_true", help="serve its page (index.html) on loopback")
+    cat.add_argument("--port", type=int, default=8008, help="with --serve: the port (default 8008; 0: any)")
     cat.set_defaults(func=cmd_catalog)
     chk = sub.add_parser(
         "check", help="check a contributed recipe: meta.yaml, loading, a pruned build, CF conventions"

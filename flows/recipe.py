@@ -144,12 +144,12 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     t1 = time.perf_counter()
     stored = Progress(f"chunks stored for {run.recipe_id}", target.n_chunks)
     futures = store_chunks.map(write_batches, unmapped(target))
-    sessions = []  # what each batch wrote, on an Icechunk target: finalize merges them into one commit
+    written = []  # what each batch wrote (on an Icechunk target, its session) and its newest steps' stats
     for future in as_completed(futures):
         if failure_of(future) is None:
             result = future.result()
             stored.advance(result.chunks)
-            sessions.append(result.session)
+            written.append(result)
     if failed := first_failure("store", futures, [b.value.label for b in write_batches]):
         raise failed
     if not futures:
@@ -157,7 +157,7 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     timings["store"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    summary = in_stage("finalize-target", finalize_target, target, sessions if target.transaction else None)
+    summary = in_stage("finalize-target", finalize_target, target, written)
     timings["finalize"] = time.perf_counter() - t2
     summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
     timings["total"] = time.perf_counter() - t0

@@ -12,6 +12,8 @@ from prefect.states import Failed, State
 
 from flows.outcomes import StageFailed
 from forge.build.types import RunSpec, TargetSpec
+from forge.catalog.catalog import HEALTH_PLOT, PAGE, QUICKLOOK
+from forge.io.storage import join
 
 
 def artifact_key(recipe_id: str, suffix: str = "") -> str:
@@ -45,7 +47,14 @@ def summary_artifact(
     if run.version:
         lines += [f"Version: {run.version}", ""]
     if "catalog" in summary:
-        lines += [f"STAC catalog: `{summary['catalog']}`", ""]
+        folder = join(run.target_root, run.recipe_id)
+        lines += [
+            f"STAC catalog: `{summary['catalog']}`; its page: `{join(run.target_root, PAGE)}`",
+            "",
+            f"Quick look: [{QUICKLOOK}]({join(folder, QUICKLOOK)}), "
+            f"health: [{HEALTH_PLOT}]({join(folder, HEALTH_PLOT)})",
+            "",
+        ]
     lines += [f"Source: {source}", ""]
     if "range" in summary:
         first, last = summary["range"]

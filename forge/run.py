@@ -30,8 +30,8 @@ def run_locally(recipe: Recipe, run: RunSpec, lookup: Lookup = env_lookup, *, ap
         recipe = recipe.pruned(run.prune)  # the append may stop at the source's frontier
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
     target, batches = prepare(recipe, run, summaries)
-    sessions = [store_batch(recipe, target, batch).session for batch in batches]
-    summary = finalize(recipe, target, {"forge:runner": "local"}, sessions)
+    stored = [store_batch(recipe, target, batch) for batch in batches]
+    summary = finalize(recipe, target, {"forge:runner": "local"}, stored)
     return {**summary, "catalog": publish_catalog(run), "appended": target.appended}
 
 

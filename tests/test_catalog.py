@@ -4,12 +4,17 @@ catalog read back with pystac and validated against the STAC 1.1, datacube and v
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
 
 import jsonschema
+import matplotlib.colors
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pystac
@@ -21,13 +26,20 @@ from pystac.extensions.datacube import DatacubeExtension
 from pystac.extensions.version import VersionExtension
 
 import forge
+import forge.catalog.catalog as catalog_module
+from forge.build.stages import run_spec_for
 from forge.build.types import RunSpec
 from forge.catalog.catalog import CATALOG, write_root
+from forge.catalog.pictures import MISSING_COLOUR
 from forge.recipe.loading import load_recipe
 from forge.recipe.meta import version_of
+from forge.replicas.oisst import OisstReplica
+from forge.replicas.server import SourceServer
 from forge.run import run_locally
 from forge.testing import make_dataset, open_store, write_inputs
+from tests.browser import inspected
 
+REPO = Path(__file__).parents[1]
 SCHEMAS = Path(__file__).parent / "data" / "stac"
 STAC = "https://schemas.stacspec.org/v1.1.0"
 
@@ -278,3 +290,116 @@ def test_recipe_text_is_not_needed_in_the_catalog_of_a_recipe_object(tmp_path, s
         and out["catalog"].endswith(CATALOG)
     )
     assert textwrap.dedent(doc["description"]) == "obj"
+
+
+PAGE_SCRIPT = """({
+  text: document.body.innerText,
+  images: [...document.images].map(i => [i.getAttribute("src"), i.alt, i.naturalWidth, i.naturalHeight]),
+  snippets: [...document.querySelectorAll("pre code")].map(c => c.textContent),
+})"""
+
+
+@pytest.mark.filterwarnings("ignore:The item 'demo-v1' is deprecated")
+def test_the_catalog_page_shows_every_dataset_its_pictures_and_snippets_that_open_it(recipe_dir, tmp_path):
+    """Two recipes (one bumped to a new major, one the OISST replica on Icechunk, appended), served by
+    ``forge catalog --serve`` and looked at in headless Chromium."""
+    target = tmp_path / "target"
+    run(recipe_dir, tmp_path, 10, "1.0")
+    run(recipe_dir, tmp_path, 14, "2.0")
+    with SourceServer(generate=OisstReplica(tmp_path / "replica", nlat=90, nlon=180).generate) as server:
+        for days, append in ((3, False), (5, True)):
+            spec = run_spec_for(
+                "noaa-oisst",
+                str(target),
+                str(tmp_path / "cache"),
+                prune=days,
+                url_rewrites={"https://www.ncei.noaa.gov/": server.url + "/"},
+                target_format="icechunk",
+            )
+            run_locally(load_recipe("noaa-oisst"), spec, append=append)
+    sst = open_store(str(target / "noaa-oisst.icechunk"))
+
+    # The statistics the store stage kept, across the build and the append: each step's mean and
+    # missing fraction of the published values.
+    health = forge.open_dataset("noaa-oisst", catalog=str(target)).attrs["forge:health"]["sst"]
+    assert health["steps"] == [f"1981-09-0{d}T12:00:00" for d in range(1, 6)]
+    np.testing.assert_allclose(health["mean"], sst.sst.mean(["zlev", "lat", "lon"]).values, rtol=1e-4)
+    missing = sst.sst.isnull().mean(["zlev", "lat", "lon"]).values
+    np.testing.assert_allclose(health["missing_fraction"], missing, atol=1e-6)
+
+    for path in target.glob("*/collection.json"):
+        doc = json.loads(path.read_text())
+        assert_valid_stac(doc)
+        thumbnail = doc["assets"]["thumbnail"]
+        assert thumbnail["roles"] == ["thumbnail"] and thumbnail["type"] == "image/png"
+        assert (path.parent / thumbnail["href"]).is_file() and thumbnail["description"]
+    # The OISST map: land (missing values) in grey, sea coloured.
+    quicklook = matplotlib.image.imread(target / "noaa-oisst" / "quicklook.png")[..., :3]
+    grey = np.all(np.abs(quicklook - matplotlib.colors.to_rgb(MISSING_COLOUR)) < 0.01, axis=-1)
+    assert grey.mean() > 0.02
+
+    serving = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "catalog",
+            "--serve",
+            "--port",
+            "0",
+            "--target-root",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        line = serving.stdout.readline()
+        address = re.search(r"http://127\.0\.0\.1:\d+/index\.html", line)
+        assert address, line
+        page = inspected(address.group(0), PAGE_SCRIPT, screenshot=tmp_path / "catalog-page.png")
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+    assert page.errors == []
+    text = page.value["text"]
+    assert META["title"] in text and "NOAA Optimum Interpolation SST v2.1" in text
+    assert "1.0 (deprecated), 2.0 (latest)" in text and "CC-BY-4.0" in text and "CC0-1.0" in text
+    images = page.value["images"]
+    assert sorted(src for src, *_ in images) == [
+        "demo/health.png",
+        "demo/quicklook.png",
+        "noaa-oisst/health.png",
+        "noaa-oisst/quicklook.png",
+    ]
+    assert all(alt and width > 0 and height > 0 for _, alt, width, height in images), images
+    assert (tmp_path / "catalog-page.png").stat().st_size > 10_000
+    # Every snippet, run as a reader would, opens the published dataset.
+    expected = {"forge:v2": open_store(str(target / "demo" / "v2.zarr")), "noaa-oisst": sst}
+    opened = 0
+    for code in page.value["snippets"]:
+        scope: dict = {}
+        exec(code, scope)  # noqa: S102 (the page's own snippets, on this test's stores)
+        ds = scope["ds"].load()
+        want = expected["noaa-oisst"] if "noaa-oisst" in code else expected["forge:v2"]
+        xr.testing.assert_identical(ds.drop_attrs(), want.drop_attrs())
+        opened += 1
+    assert opened == 4
+
+
+def test_a_picture_that_cannot_be_drawn_is_named_on_the_page_and_never_fails_the_run(
+    recipe_dir, tmp_path, monkeypatch
+):
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("no display of that kind")
+
+    monkeypatch.setattr(catalog_module, "quicklook_png", broken)
+    out = run(recipe_dir, tmp_path, 4, None)
+    target = tmp_path / "target"
+    assert out["url"].endswith("demo.zarr") and not (target / "demo" / "quicklook.png").exists()
+    doc = json.loads((target / "demo" / "collection.json").read_text())
+    assert doc["forge:missing_pictures"] == {"thumbnail": "RuntimeError: no display of that kind"}
+    assert "thumbnail" not in doc["assets"] and (target / "demo" / "health.png").is_file()
+    page = (target / "index.html").read_text()
+    assert "The quick-look map is missing: RuntimeError: no display of that kind" in page

@@ -119,6 +119,9 @@ def test_a_failed_run_ends_with_its_cause_and_a_non_zero_status(served, tmp_path
 
 
 def test_the_catalog_hint_keeps_a_urls_scheme():
-    hint = catalog_hint("s3://bucket/target/catalog.json", "sst")
-    assert hint.endswith("forge.open_dataset('sst', catalog='s3://bucket/target'))")
-    assert catalog_hint("/data/target/catalog.json", "sst").endswith("catalog='/data/target'))")
+    opener, page = catalog_hint("s3://bucket/target/catalog.json", "sst").splitlines()
+    assert opener.endswith("forge.open_dataset('sst', catalog='s3://bucket/target'))")
+    assert page.startswith("page: s3://bucket/target/index.html")
+    assert (
+        catalog_hint("/data/target/catalog.json", "sst").splitlines()[0].endswith("catalog='/data/target'))")
+    )

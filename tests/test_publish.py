@@ -112,9 +112,9 @@ def test_two_appends_started_together_one_commits_and_one_fails_clearly(served, 
     second = _prepared_append(served, run, 20)  # both from main as it was
     results = {}
     for name, (recipe, target, batches) in (("first", first), ("second", second)):
-        sessions = [store_batch(recipe, target, b).session for b in batches]
+        stored = [store_batch(recipe, target, b) for b in batches]
         try:
-            results[name] = finalize(recipe, target, {}, sessions)
+            results[name] = finalize(recipe, target, {}, stored)
         except ic.PublishError as e:
             results[name] = e
     assert results["first"]["sizes"]["time"] == 15

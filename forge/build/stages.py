@@ -15,7 +15,7 @@ from forge.build.caching import cache_batch, plan_cache, source_probe
 from forge.build.schema import InputSummary
 from forge.build.target import finalize_target, prepare_target
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
-from forge.build.writers import store_batch
+from forge.build.writers import BatchStats, store_batch
 from forge.errors import RecipeError
 from forge.io.storage import absolute
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
@@ -89,11 +89,16 @@ def prepare(
 
 
 def finalize(
-    recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any], sessions: Sequence[Any] = ()
+    recipe: XarrayZarrRecipe,
+    target: TargetSpec,
+    provenance: Mapping[str, Any],
+    stored: Sequence[BatchStats] = (),
 ) -> dict:
     """Publish the store: on a Zarr store an append's coordinate, then provenance, the complete flag and
-    the consolidated metadata (the commit point readers see); on an Icechunk target, one commit of the
-    store batches' ``sessions`` (:func:`forge.build.target.finalize_target`)."""
+    the consolidated metadata (the commit point readers see); on an Icechunk target, one commit of what
+    the store batches wrote (:func:`forge.build.target.finalize_target`). The batches' statistics of the
+    newest steps become the store's health record."""
     if target.new_coordinate is not None and not target.complete:
         commit_coordinate(target)
-    return finalize_target(recipe, target, provenance, sessions)
+    sessions = [s.session for s in stored if s.session is not None]
+    return finalize_target(recipe, target, provenance, sessions, [s.health for s in stored])

@@ -34,7 +34,14 @@ from forge.build.types import RunSpec, TargetSpec, WriteBatch
 from forge.errors import RecipeError
 from forge.io.storage import Storage, zarr_store
 from forge.publish import icechunk as icechunk_target
-from forge.publish.validate import Checks, check_coordinate, check_no_retraction
+from forge.publish.validate import (
+    HEALTH_ATTR,
+    Checks,
+    StepStats,
+    check_coordinate,
+    check_no_retraction,
+    health_summary,
+)
 from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
@@ -471,8 +478,26 @@ def commit_attrs(
     }
 
 
+def health_attrs(
+    target: TargetSpec, group: zarr.Group, health: Sequence[Mapping[str, Mapping[int, StepStats]]]
+) -> dict[str, Any]:
+    """The store's record of its newest steps (missing fraction and mean of each data variable), for its
+    health plot: this run's steps, after those an appended store kept."""
+    previous = group.attrs.get(HEALTH_ATTR) if target.run.append_from is not None else None
+    unpack = {
+        v.name: (float(v.encoding.get("scale_factor", 1.0)), float(v.encoding.get("add_offset", 0.0)))
+        for v in target.variables
+    }
+    summary = health_summary(health, unpack, previous if isinstance(previous, dict) else None)
+    return {HEALTH_ATTR: summary} if summary else {}
+
+
 def finalize_target(
-    recipe: XarrayZarrRecipe, target: TargetSpec, provenance: Mapping[str, Any], sessions: Sequence[Any] = ()
+    recipe: XarrayZarrRecipe,
+    target: TargetSpec,
+    provenance: Mapping[str, Any],
+    sessions: Sequence[Any] = (),
+    health: Sequence[Mapping[str, Mapping[int, StepStats]]] = (),
 ) -> dict:
     """Publish: on a Zarr store, provenance attrs, the complete flag and consolidated metadata (the commit
     point readers of consolidated metadata see); on an Icechunk target, the store batches' sessions
@@ -483,7 +508,9 @@ def finalize_target(
         session = icechunk_target.merged(target.transaction, sessions)
         run_checks(recipe.tests, session.store, target.url, consolidated=False)
         group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
-        group.attrs.update(commit_attrs(recipe, target, provenance))
+        group.attrs.update(
+            {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
+        )
         kind = "append" if target.run.append_from is not None else "build"
         span = f"{target.appended} items appended" if kind == "append" else f"{target.n_inputs} inputs"
         metadata = {
@@ -503,7 +530,8 @@ def finalize_target(
     if recipe.tests:
         run_checks(recipe.tests, zarr_store(target.url), target.url, consolidated=False)
     group = open_group(target.url)
-    group.attrs.put({**dict(group.attrs), **commit_attrs(recipe, target, provenance)})
+    attrs = {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
+    group.attrs.put({**dict(group.attrs), **attrs})
     if recipe.consolidated:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

@@ -14,7 +14,7 @@ from forge.build.plan import ChunkWrite, Stack
 from forge.build.schema import VariableSpec
 from forge.io.storage import join
 from forge.publish.icechunk import Transaction
-from forge.publish.validate import Checks
+from forge.publish.validate import HEALTH_STEPS, Checks
 from forge.recipe.meta import major_of
 from forge.recipe.patterns import Key
 
@@ -130,6 +130,12 @@ class TargetSpec:
     @property
     def published_url(self) -> str:
         return self.publish_to or self.url
+
+    @property
+    def health_from(self) -> int:
+        """The first concat position whose statistics the store keeps (for its health plot): only the
+        newest steps', so a long build does not pay for them."""
+        return max(0, self.concat_inputs - HEALTH_STEPS)
 
     @property
     def format(self) -> str:

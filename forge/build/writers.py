@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from forge.build.types import TargetSpec, WriteBatch
 from forge.errors import RecipeCodeError
 from forge.io.openers import RawInput
 from forge.io.storage import Storage
+from forge.publish.validate import StepStats, step_statistics
 from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class BatchStats:
     bytes_written: int = 0  # encoded (packed) bytes handed to Zarr
     seconds: float = 0.0
     session: Any = None  # Icechunk targets: the batch's fork, what it wrote, for finalize to merge
+    # The newest steps' statistics, for the store's health plot: variable -> concat position -> stats
+    health: dict[str, dict[int, StepStats]] = field(default_factory=dict)
 
 
 class _Inputs:
@@ -207,6 +210,34 @@ def processed_block(
     return region, _encoded(var, spec)
 
 
+class _StepHealth:
+    """The statistics of one variable's steps in one chunk, summed over the chunk's blocks: only for
+    steps from ``first`` on (the newest), and only for data variables with numbers."""
+
+    def __init__(self, spec: VariableSpec, chunk: ChunkWrite, first: int, axis: int):
+        self.start = max(chunk.start, first)
+        self.skip = self.start - chunk.start
+        self.on = chunk.stop > first and not spec.is_coord and spec.encoded_dtype.kind in "iuf"
+        self.name, self.axis, self.fill = spec.name, axis, spec.encoding.get("_FillValue")
+        self.missing: np.ndarray | int = 0
+        self.sums: np.ndarray | float = 0.0
+
+    def add(self, buf: np.ndarray) -> None:
+        if self.on:
+            newest = buf[(slice(None),) * self.axis + (slice(self.skip, None),)]
+            missing, sums = step_statistics(newest, self.axis, self.fill)
+            self.missing, self.sums = self.missing + missing, self.sums + sums
+
+    def record(self, into: dict[str, dict[int, StepStats]], labels: tuple[str, ...], cells: int) -> None:
+        if not self.on or isinstance(self.missing, int):
+            return
+        steps = into.setdefault(self.name, {})
+        for i, (missing, total) in enumerate(zip(self.missing, self.sums, strict=True)):
+            position = self.start + i
+            label = labels[self.skip + i] if labels else str(position)
+            steps[position] = (label, int(missing), cells, float(total))
+
+
 def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch) -> BatchStats:
     """Write every chunk of the batch; each chunk has exactly this one writer.
 
@@ -240,15 +271,18 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
                     if processed is not None
                     else chunk_blocks(inputs, spec, arr, chunk, target.concat_dim, target.stack)
                 )
+                health = _StepHealth(spec, chunk, target.health_from, axis)
                 try:
                     for region, buf in blocks:
                         missing += target.checks.scan(spec.name, buf, axis, labels, target.url)
+                        health.add(buf)
                         if pending is not None:
                             pending.result()
                         pending = writer.submit(arr.__setitem__, region, buf)
                         stats.bytes_written += buf.nbytes
                     cells = int(np.prod([n for i, n in enumerate(spec.shape) if i != axis], dtype=np.int64))
                     target.checks.check_missing(spec.name, missing, cells, labels, target.url)
+                    health.record(stats.health, labels, cells)
                 except ChunkWriteError as e:
                     raise ChunkWriteError(
                         f"{batch.label}: variable {spec.name!r}, chunk {chunk.index}: {e}"

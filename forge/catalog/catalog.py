@@ -13,6 +13,7 @@ each other's link (each writes its collection before it lists).
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 import warnings
@@ -25,16 +26,27 @@ import xarray as xr
 from forge.build.references import INPUTS_ATTR, open_references
 from forge.build.target import COMPLETE_ATTR, published_store
 from forge.build.types import RunSpec
+from forge.catalog.page import Entry, catalog_page, open_snippets
+from forge.catalog.pictures import health_png, main_variables, quicklook_png
 from forge.catalog.stac import StoreInfo, collection_for, item_for
 from forge.errors import RecipeError
 from forge.io.storage import Storage, join, zarr_store
 from forge.publish.icechunk import published_session
+from forge.publish.validate import HEALTH_ATTR
 from forge.recipe.loading import find_recipe
 from forge.recipe.meta import major_of
 
 CATALOG = "catalog.json"
+PAGE = "index.html"
+QUICKLOOK = "quicklook.png"
+HEALTH_PLOT = "health.png"
 COLLECTION = "collection.json"
 FORMATS = ("zarr", "icechunk", "json", "parquet")  # json and parquet: kerchunk references
+logger = logging.getLogger(__name__)
+NOTHING_TO_DRAW = {
+    "thumbnail": "no data variable on a latitude/longitude grid",
+    "overview": "the store kept no statistics of its steps (references keep none)",
+}
 PROVENANCE = ("forge:version", "forge:fingerprint", "forge:flow_run_id", "forge:runner", "forge:updated")
 
 
@@ -130,10 +142,64 @@ def write_recipe_entry(
             collection_links.append(("item", f"./{item.id}.json"))
     for rel, href in collection_links:
         collection.add_link(pystac.Link(rel, href, media_type=pystac.MediaType.JSON))
+    add_pictures(collection, root, recipe_id, opened[latest_url])
     for item in items:
         root.write_text(f"{recipe_id}/{item.id}.json", _dump(item))
     root.write_text(f"{recipe_id}/{COLLECTION}", _dump(collection))
     return collection
+
+
+def add_pictures(collection: pystac.Collection, root: Storage, recipe_id: str, ds: xr.Dataset) -> None:
+    """Draw the dataset's quick look (its newest step) and health plot (its newest steps' statistics)
+    beside its collection.json, as its ``thumbnail`` and ``overview`` assets. Drawing never fails a
+    run: a picture that cannot be drawn is logged, deleted if an older one is there, and named in the
+    collection's ``forge:missing_pictures`` (the catalog page says so)."""
+    title = collection.title or recipe_id
+    names = main_variables(ds)
+    kept = ds.attrs.get(HEALTH_ATTR) or {}
+    health = {n: kept[n] for n in names if n in kept} or kept
+    # a store of provisional and final steps flags the provisional ones along its concat dimension
+    provisional = ds["provisional"].values if "provisional" in ds.coords else ()
+    drawings = {
+        "thumbnail": (
+            QUICKLOOK,
+            f"Quick look: {', '.join(names)} at the newest step",
+            f"Maps of {', '.join(names)} of {title} at the newest step; grey marks missing values",
+            lambda: quicklook_png(ds, title, names),
+            names,
+        ),
+        "overview": (
+            HEALTH_PLOT,
+            "Health: missing values and mean of the newest steps",
+            f"Plots of the missing fraction and the spatial mean of {', '.join(health)} of {title} per step",
+            lambda: health_png(health, title, {n: ds[n].attrs.get("units", "") for n in health}, provisional),
+            health,
+        ),
+    }
+    missing = {}
+    for key, (name, asset_title, alt, draw, subject) in drawings.items():
+        path = f"{recipe_id}/{name}"
+        try:
+            if not subject:
+                raise LookupError(NOTHING_TO_DRAW[key])
+            root.write_bytes(path, draw())
+        except Exception as e:  # noqa: BLE001 (a picture is never worth a failed run)
+            logger.warning("%s: no %s image (%s: %s)", recipe_id, key, type(e).__name__, e)
+            root.delete(path)  # not an older picture in its place
+            missing[key] = str(e) if isinstance(e, LookupError) else f"{type(e).__name__}: {e}"
+            continue
+        collection.add_asset(
+            key,
+            pystac.Asset(
+                href=f"./{name}",
+                title=asset_title,
+                description=alt,
+                media_type=pystac.MediaType.PNG,
+                roles=[key],
+            ),
+        )
+    if missing:
+        collection.extra_fields["forge:missing_pictures"] = missing
 
 
 def _dump(obj: pystac.STACObject) -> str:
@@ -167,6 +233,7 @@ def update_catalog(
     """After a build or append: the recipe's entry, then the root. Returns the catalog's URL."""
     write_recipe_entry(target_root, recipe_id, meta, links)
     write_root(target_root)
+    write_page(target_root)
     return join(target_root, CATALOG)
 
 
@@ -185,6 +252,21 @@ def publish_catalog(run: RunSpec) -> str:
         if source.meta_path.exists():
             links.append(("describedby", source.meta_path.as_uri(), "meta.yaml"))
     return update_catalog(run.target_root, run.recipe_id, meta, links)
+
+
+def write_page(target_root: str) -> str:
+    """``index.html`` beside ``catalog.json``: every dataset the catalog lists, with its pictures and
+    snippets that open it. Returns its URL."""
+    entries = []
+    for url, doc in collections(target_root):
+        store_url, asset = find(target_root, doc["id"])
+        items = [item for _, item in _linked(url, doc, "item")]
+        folder = posixpath.relpath(posixpath.dirname(url), target_root.rstrip("/")) + "/"
+        snippets = open_snippets(doc["id"], target_root, store_url, asset)
+        entries.append(Entry(doc, folder, items, snippets))
+    title = read_json(_root_url(target_root)).get("title") or "forge datasets"
+    Storage(target_root).write_text(PAGE, catalog_page(title, entries))
+    return join(target_root, PAGE)
 
 
 def read_json(url: str) -> dict[str, Any]:

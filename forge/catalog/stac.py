@@ -57,7 +57,7 @@ def _iso(value: Any) -> str:
 _COORDINATE_AXES = {"longitude": "X", "latitude": "Y", "vertical": "Z", "time": "T"}
 
 
-def _axes(ds: xr.Dataset) -> dict[str, str]:
+def cf_axes(ds: xr.Dataset) -> dict[str, str]:
     """Dimension name -> CF axis (X, Y, Z, T), from what cf-xarray finds (``axis`` attributes, or
     longitude/latitude/vertical/time coordinates by their units and names); a datetime dimension
     coordinate is time."""
@@ -91,7 +91,7 @@ def _iso_duration(values: np.ndarray) -> str | None:
 def bbox(ds: xr.Dataset) -> list[float]:
     """[west, south, east, north] from the X/Y coordinates; longitudes in 0..360 become -180..180
     (the whole globe when they cover it)."""
-    axes = {axis: name for name, axis in _axes(ds).items()}
+    axes = {axis: name for name, axis in cf_axes(ds).items()}
     if "X" not in axes or "Y" not in axes:
         return [-180.0, -90.0, 180.0, 90.0]
     lon = np.asarray(ds[axes["X"]].values, dtype=float)
@@ -107,7 +107,7 @@ def bbox(ds: xr.Dataset) -> list[float]:
 
 
 def temporal_interval(ds: xr.Dataset) -> list[dt.datetime | None]:
-    times = [name for name, axis in _axes(ds).items() if axis == "T" and ds[name].dtype.kind == "M"]
+    times = [name for name, axis in cf_axes(ds).items() if axis == "T" and ds[name].dtype.kind == "M"]
     if not times or ds.sizes[times[0]] == 0:
         return [None, None]
     values = ds[times[0]].values
@@ -116,7 +116,7 @@ def temporal_interval(ds: xr.Dataset) -> list[dt.datetime | None]:
 
 def datacube(ds: xr.Dataset) -> tuple[dict[str, Any], dict[str, Variable]]:
     """``cube:dimensions`` and ``cube:variables`` of ``ds``."""
-    axes = _axes(ds)
+    axes = cf_axes(ds)
     dimensions: dict[str, Any] = {}
     for name in ds.dims:
         axis = axes.get(str(name))

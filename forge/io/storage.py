@@ -158,10 +158,13 @@ class Storage:
         return self.fs.cat_file(path).decode() if self.fs.exists(path) else None
 
     def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode())
+
+    def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         if self.supports_local_paths:  # object stores have no folders to make
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.fs.pipe_file(path, text.encode())
+        self.fs.pipe_file(path, data)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -149,3 +149,65 @@ class Checks:
                 f"{where}: {name!r} at {labels[step]}: {fractions[step]:.1%} of its values are missing, more "
                 f"than the recipe's max_missing_fraction ({rule.max_missing:.1%})"
             )
+
+
+HEALTH_STEPS = 90  # the newest steps whose statistics a store keeps, for its health plot
+HEALTH_ATTR = "forge:health"
+
+# One step of one variable, as the store stage saw it: (label, missing values, values, sum of the present
+# packed values).
+StepStats = tuple[str, int, int, float]
+
+
+def step_statistics(values: np.ndarray, axis: int, fill: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per step along ``axis`` of a block of packed values: how many are missing (NaN, or ``fill``) and
+    the sum of the others.
+
+    Examples
+    --------
+    >>> missing, sums = step_statistics(np.array([[1, -9, 3], [4, 5, -9]]), 0, -9)
+    >>> missing.tolist(), sums.tolist()
+    ([1, 1], [4.0, 9.0])
+    """
+    missing = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    if fill is not None:
+        missing |= values == fill
+    other = tuple(i for i in range(values.ndim) if i != axis)
+    sums = np.where(missing, 0, values).sum(axis=other, dtype=np.float64)
+    return missing.sum(axis=other), sums
+
+
+def health_summary(
+    batches: Sequence[Mapping[str, Mapping[int, StepStats]]],
+    unpack: Mapping[str, tuple[float, float]],
+    previous: Mapping[str, Any] | None = None,
+    keep: int = HEALTH_STEPS,
+) -> dict[str, dict[str, list]]:
+    """Each variable's newest ``keep`` steps: their labels, missing fraction and mean (unpacked with the
+    variable's ``unpack`` = (scale_factor, add_offset)), after the steps of ``previous`` (what the store
+    kept before this run appended to it).
+
+    Examples
+    --------
+    >>> batch = {"sst": {1: ("d1", 1, 4, 30.0), 0: ("d0", 0, 4, 40.0)}}
+    >>> health_summary([batch], {"sst": (0.1, 0.0)})["sst"]
+    {'steps': ['d0', 'd1'], 'missing_fraction': [0.0, 0.25], 'mean': [1.0, 1.0]}
+    """
+    summary: dict[str, dict[str, list]] = {}
+    names = {name for batch in batches for name in batch} | set(previous or {})
+    for name in sorted(names):
+        steps = sorted((pos, step) for batch in batches for pos, step in batch.get(name, {}).items())
+        scale, offset = unpack.get(name, (1.0, 0.0))
+        kept = dict((previous or {}).get(name) or {"steps": [], "missing_fraction": [], "mean": []})
+        labels, fractions, means = list(kept["steps"]), list(kept["missing_fraction"]), list(kept["mean"])
+        for _, (label, missing, cells, total) in steps:
+            present = cells - missing
+            labels.append(label)
+            fractions.append(round(missing / max(1, cells), 6))
+            means.append(float(f"{total / present * scale + offset:.6g}") if present else None)
+        summary[name] = {
+            "steps": labels[-keep:],
+            "missing_fraction": fractions[-keep:],
+            "mean": means[-keep:],
+        }
+    return summary
