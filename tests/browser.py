@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -104,7 +105,7 @@ class _DevTools:
 
 @contextlib.contextmanager
 def _devtools() -> Iterator[_DevTools]:
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         flags = [f for f in BROWSER_FLAGS if not f.startswith("--virtual-time")]
         command = [
             chromium(),
@@ -113,7 +114,9 @@ def _devtools() -> Iterator[_DevTools]:
             f"--user-data-dir={profile}",
             "about:blank",
         ]
-        browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        browser = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             active = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + 60
@@ -125,8 +128,8 @@ def _devtools() -> Iterator[_DevTools]:
                 page = next(t for t in json.load(answer) if t["type"] == "page")
             with connect(page["webSocketDebuggerUrl"], max_size=2**26) as socket:
                 yield _DevTools(socket)
-        finally:
-            browser.kill()
+        finally:  # the browser and its helper processes
+            os.killpg(browser.pid, signal.SIGKILL)
             browser.wait(timeout=30)
 
 

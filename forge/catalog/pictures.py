@@ -166,6 +166,7 @@ def health_png(
                 ax.scatter(x[hollow], values[hollow], s=14, facecolors="none", edgecolors="#d62728")
             ax.set_title(label, fontsize=9)
             ax.tick_params(labelsize=7)
+            ax.ticklabel_format(axis="y", useOffset=False)
             if isinstance(x, pd.DatetimeIndex):
                 locator = AutoDateLocator()
                 ax.xaxis.set_major_locator(locator)

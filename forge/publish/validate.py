@@ -169,12 +169,14 @@ def step_statistics(values: np.ndarray, axis: int, fill: Any) -> tuple[np.ndarra
     >>> missing.tolist(), sums.tolist()
     ([1, 1], [4.0, 9.0])
     """
-    missing = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-    if fill is not None:
-        missing |= values == fill
     other = tuple(i for i in range(values.ndim) if i != axis)
-    sums = np.where(missing, 0, values).sum(axis=other, dtype=np.float64)
-    return missing.sum(axis=other), sums
+    if values.dtype.kind != "f":  # integers: no mask to build, the fill values are taken off the sum
+        missing = (values == fill).sum(axis=other) if fill is not None else np.zeros(values.shape[axis], int)
+        return missing, values.sum(axis=other, dtype=np.int64) - missing * int(fill or 0) + 0.0
+    mask = np.isnan(values)
+    if fill is not None and not np.isnan(fill):
+        mask |= values == fill
+    return mask.sum(axis=other), np.where(mask, 0, values).sum(axis=other, dtype=np.float64)
 
 
 def health_summary(
