@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from prefect.runtime import flow_run
+
 from forge.build.references import plan_reference_append, reference_batch, write_references
 from forge.build.stages import source_probe
 from forge.build.types import CacheBatch, RunSpec
@@ -30,4 +32,4 @@ def reference_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[tup
 def write_reference_store(run: RunSpec, batches: list[Opaque[list[tuple[Key, object]]]]) -> dict:
     """Combine the inputs' references and write them: one Icechunk commit, or one kerchunk file."""
     refs = [ref for batch in batches for ref in batch.value]
-    return write_references(recipe_for(run), run, refs)
+    return write_references(recipe_for(run), run, refs, {"forge:flow_run_id": str(flow_run.id or "")})

@@ -23,6 +23,8 @@ from forge.build.references import INPUTS_ATTR, open_references
 from forge.build.stages import run_spec_for
 from forge.errors import RecipeError
 from forge.port.feedstock import port_path
+from forge.publish import icechunk as ic
+from forge.publish.validate import ValidationError
 from forge.recipe.loading import load_recipe
 from forge.replicas.oisst import OisstReplica, oisst_url
 from forge.run import run_locally
@@ -109,9 +111,32 @@ def test_an_icechunk_reference_store_commits_each_run_and_appends(tmp_path):
     assert_references_match(url, paths, 3)
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(url))
     assert len(list(repo.ancestry(branch="main"))) == 3  # the repository's first commit, then one per run
+    assert not [b for b in repo.list_branches() if b != "main"]  # each run's branch went once published
     # Through the catalog too: its virtual chunk containers authorized for reading
     through_catalog = forge.open_dataset("refs", catalog=str(tmp_path / "target")).load()
     xr.testing.assert_identical(through_catalog, open_references(url).load())
+
+    # Published as every Icechunk target is: `forge history` lists both runs, `forge rollback` undoes one.
+    where = [str(recipe), "--target-root", run.target_root]
+    listed = forge_cli("history", *where)
+    assert listed.returncode == 0, listed.stderr
+    append_line, build_line = listed.stdout.strip().splitlines()
+    assert "refs: append, references to 3 inputs run local" in append_line
+    assert "refs: build, references to 2 inputs run local" in build_line
+    rolled = forge_cli("rollback", *where, "--to", build_line.split()[0])
+    assert rolled.returncode == 0, rolled.stderr
+    assert_references_match(url, paths, 2)
+    assert forge_cli("history", *where).stdout.splitlines()[0].split("  ")[-1].startswith("rollback to")
+    # A rebuild replaces what main holds, in one more commit; one of fewer inputs is refused.
+    rebuilt = run_locally(load_recipe(str(recipe)), replace(run, prune=3))
+    assert rebuilt["inputs"] == 3 and [c.metadata["forge:kind"] for c in ic.history(url)][:2] == [
+        "build",
+        "rollback",
+    ]
+    assert_references_match(url, paths, 3)
+    with pytest.raises(ValidationError, match="never shortens a published dataset"):
+        run_locally(load_recipe(str(recipe)), run)
+    assert_references_match(url, paths, 3)
 
 
 def url_of(time: pd.Timestamp) -> str:

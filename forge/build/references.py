@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec
+import numpy as np
 import xarray as xr
 
 from forge.build.append import available_prefix, new_inputs
@@ -25,6 +26,7 @@ from forge.build.caching import plan_cache
 from forge.build.target import COMPLETE_ATTR
 from forge.build.types import CacheBatch, RunSpec
 from forge.errors import ForgeError
+from forge.publish.validate import check_coordinate, check_no_retraction
 from forge.recipe.patterns import Key
 from forge.recipe.recipes import ReferenceRecipe
 
@@ -147,18 +149,29 @@ def agreed(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
 
 
 def write_references(
-    recipe: ReferenceRecipe, run: RunSpec, refs: Sequence[tuple[Key, xr.Dataset]], message: str = ""
+    recipe: ReferenceRecipe,
+    run: RunSpec,
+    refs: Sequence[tuple[Key, xr.Dataset]],
+    provenance: Mapping[str, Any],
 ) -> dict:
     """Write (or, with ``run.append_from`` set, extend) the target with ``refs``. An Icechunk target gets
-    one commit; kerchunk references are written whole, in one write, after the new ones are combined
+    one commit, published as every run's is (:mod:`forge.publish.icechunk`: a run branch, the checks,
+    then ``main`` moved only if no other run moved it, with the run's ``provenance`` in the commit's
+    metadata); kerchunk references are written whole, in one write, after the new ones are combined
     with what the target already references."""
     vds = combine(recipe, refs)
     concat = recipe.concat_dim
     before = run.append_from or 0
     n_new = len({key[concat] for key, _ in refs}) if concat else len(refs)
     vds.attrs = _attrs(recipe, run, vds.attrs, before + n_new)
+    if concat and concat in vds.coords:  # the checks a store's publish makes, before anything is written
+        held = open_references(run.target_url)[concat].values if before else vds[concat].values[:0]
+        check_coordinate(np.concatenate([held, vds[concat].values]), concat, run.target_url)
+        if not before:
+            published = referenced_inputs(run) or 0
+            check_no_retraction(published, n_new, concat, run.target_url)
     if run.target_format == "icechunk":
-        snapshot = _write_icechunk(vds, run, concat if before else None, message)
+        snapshot = _write_icechunk(vds, run, concat if before else None, provenance, n_new)
         extra = {"snapshot": snapshot}
     else:
         if before:
@@ -234,8 +247,8 @@ def _container_store(prefix: str):
     raise ForgeError(f"Icechunk cannot hold references to {prefix} sources")
 
 
-def _repository(url: str, prefixes: Sequence[str] = (), create: bool = False):
-    """The Icechunk repository at ``url`` (created when ``create`` or missing), with a virtual chunk
+def _repository(url: str, prefixes: Sequence[str] = ()):
+    """The Icechunk repository at ``url`` (created when missing), with a virtual chunk
     container for each of ``prefixes`` no container covers yet (saved in its config), opened with read
     access to all of its containers."""
     import icechunk
@@ -243,7 +256,7 @@ def _repository(url: str, prefixes: Sequence[str] = (), create: bool = False):
     from forge.publish.icechunk import storage_for
 
     storage = storage_for(url)
-    new = create or not icechunk.Repository.exists(storage)
+    new = not icechunk.Repository.exists(storage)
     config = None if new else icechunk.Repository.fetch_config(storage)
     config = config or icechunk.RepositoryConfig.default()
     known = set(config.virtual_chunk_containers or {})
@@ -261,16 +274,27 @@ def _repository(url: str, prefixes: Sequence[str] = (), create: bool = False):
     return repo
 
 
-def _write_icechunk(vds: xr.Dataset, run: RunSpec, append_dim: str | None, message: str) -> str:
+def _write_icechunk(
+    vds: xr.Dataset, run: RunSpec, append_dim: str | None, provenance: Mapping[str, Any], n_new: int
+) -> str:
     import zarr
+    from zarr.core.sync import sync
 
-    repo = _repository(run.target_url, _containers(vds), create=append_dim is None)
-    session = repo.writable_session("main")
-    before = dict(zarr.open_group(session.store, mode="r").attrs) if append_dim else {}
+    from forge.publish import icechunk as ic
+
+    txn, session = ic.begin(run.target_url, _repository(run.target_url, _containers(vds)))
+    if append_dim:
+        before = dict(zarr.open_group(session.store, mode="r").attrs)
+    else:  # a build replaces what main holds (to_icechunk writes only into an empty store)
+        sync(session.store.clear())
     vds.vz.to_icechunk(session.store, append_dim=append_dim)
     if append_dim:  # to_icechunk wrote the new inputs' attributes
         zarr.open_group(session.store, mode="r+").attrs.put(agreed(before, vds.attrs))
-    return session.commit(message or f"forge: references to {vds.attrs[INPUTS_ATTR]} inputs")
+    kind = "append" if append_dim else "build"
+    held = vds.attrs[INPUTS_ATTR]
+    metadata = ic.run_metadata(kind, run.recipe_id, provenance, n_new, held, run.append_from)
+    message = f"{run.recipe_id}: {kind}, references to {held} inputs"
+    return ic.commit_and_publish(txn, session, message, metadata)
 
 
 def _write_kerchunk(vds: xr.Dataset, run: RunSpec) -> None:

@@ -513,16 +513,14 @@ def finalize_target(
         )
         kind = "append" if target.run.append_from is not None else "build"
         span = f"{target.appended} items appended" if kind == "append" else f"{target.n_inputs} inputs"
-        metadata = {
-            icechunk_target.KIND: kind,
-            "forge:recipe_id": target.run.recipe_id,
-            "forge:run_id": provenance.get("forge:flow_run_id") or provenance.get("forge:runner"),
-            "forge:version": __version__,
-            "forge:inputs": target.n_inputs,
-            "forge:concat_inputs": target.concat_inputs,
-        }
-        if target.run.append_from is not None:
-            metadata["forge:appended_from"] = target.run.append_from
+        metadata = icechunk_target.run_metadata(
+            kind,
+            target.run.recipe_id,
+            provenance,
+            target.n_inputs,
+            target.concat_inputs,
+            target.run.append_from,
+        )
         icechunk_target.commit_and_publish(
             target.transaction, session, f"{target.run.recipe_id}: {kind}, {span}", metadata
         )

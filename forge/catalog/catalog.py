@@ -85,6 +85,13 @@ def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str 
     return stores
 
 
+def _opened(url: str, fmt: str) -> xr.Dataset:
+    """The store as readers see it, its chunks readable: an Icechunk repository of references is
+    opened with its virtual chunk containers authorized."""
+    ds = open_published(url, fmt)
+    return open_published(url, fmt, references=True) if INPUTS_ATTR in ds.attrs else ds
+
+
 def _relative(url: str, start: str) -> str:
     """``url`` relative to the folder ``start``: ./v1.zarr under it, ../demo.zarr beside it."""
     href = posixpath.relpath(url, start)
@@ -113,7 +120,7 @@ def write_recipe_entry(
         raise CatalogError(f"no published store of {recipe_id!r} under {target_root}")
     root = Storage(target_root)
     collection_dir = root.url(recipe_id)
-    opened = {url: open_published(url, fmt) for url, fmt, _ in stores}
+    opened = {url: _opened(url, fmt) for url, fmt, _ in stores}
     infos = {url: _store_info(url, fmt, v, collection_dir, opened[url]) for url, fmt, v in stores}
     versioned = [i for i in infos.values() if i.version]
     latest_url = max(infos, key=lambda u: infos[u].major or 0)

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import zarr
 
+from forge._version import __version__
 from forge.errors import ForgeError
 
 if TYPE_CHECKING:
@@ -134,10 +135,11 @@ class Transaction:
         return open_repository(self.url)
 
 
-def begin(url: str) -> tuple[Transaction, Session]:
+def begin(url: str, repo: Repository | None = None) -> tuple[Transaction, Session]:
     """A transaction from ``main``'s tip (the repository is made if there is none), and a writable
-    session on its branch for the template."""
-    repo = open_repository(url, create=True)
+    session on its branch. ``repo``: the repository at ``url`` already opened, as a writer of virtual
+    references opens it (with its chunk containers)."""
+    repo = repo or open_repository(url, create=True)
     _delete_stale_branches(repo)
     base = repo.lookup_branch(MAIN)
     branch = f"{RUN_BRANCH_PREFIX}{uuid.uuid4().hex[:12]}"
@@ -164,6 +166,29 @@ def merged(txn: Transaction, forks: Iterable[ForkSession]) -> Session:
     if forks:
         session.merge(*forks)
     return session
+
+
+def run_metadata(
+    kind: str,
+    recipe_id: str,
+    provenance: Mapping[str, Any],
+    inputs: int,
+    concat_inputs: int,
+    appended_from: int | None = None,
+) -> dict[str, Any]:
+    """What a run's commit says of it, for ``forge history``: build or append, the recipe, the run (a
+    flow run's id, or the runner), forge's version, the inputs it read and those the store now holds."""
+    metadata = {
+        KIND: kind,
+        "forge:recipe_id": recipe_id,
+        "forge:run_id": provenance.get("forge:flow_run_id") or provenance.get("forge:runner"),
+        "forge:version": __version__,
+        "forge:inputs": inputs,
+        "forge:concat_inputs": concat_inputs,
+    }
+    if appended_from is not None:
+        metadata["forge:appended_from"] = appended_from
+    return metadata
 
 
 def commit_and_publish(txn: Transaction, session: Session, message: str, metadata: Mapping[str, Any]) -> str:
