@@ -92,10 +92,6 @@ class Template:
     def concat_variables(self) -> tuple[VariableSpec, ...]:
         return tuple(v for v in self.variables if v.along_concat and v.name != self.concat_dim)
 
-    @property
-    def static_variables(self) -> tuple[VariableSpec, ...]:
-        return tuple(v for v in self.variables if not v.along_concat)
-
     def digest(self) -> str:
         h = hashlib.sha256(repr((self.concat_dim, self.lengths, sorted(self.sizes.items()))).encode())
         if self.stack_dim is not None:

@@ -21,7 +21,6 @@ import cftime
 import numpy as np
 from xarray.coding.times import decode_cf_datetime, encode_cf_datetime, infer_datetime_units
 
-TIME_ENCODING_KEYS = ("units", "calendar", "dtype")
 _CALENDAR_UNITS = re.compile(r"^\s*(months?|years?)\s+since\s", re.IGNORECASE)
 
 

@@ -207,13 +207,6 @@ def commit_and_publish(txn: Transaction, session: Session, message: str, metadat
     return snapshot
 
 
-def abandon(txn: Transaction) -> None:
-    """Forget an unpublished run (``main`` was never touched)."""
-    repo = txn.repository()
-    if txn.branch in repo.list_branches():
-        repo.delete_branch(txn.branch)
-
-
 def _delete_stale_branches(repo: Repository) -> None:
     """Run branches left by crashed runs, once they are a week old (a live run's branch is younger)."""
     now = dt.datetime.now(dt.UTC)

@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 Generator = Callable[[str], "bytes | Path | None"]
-FAULTS = ("503", "429", "500", "reset", "truncate")
 
 
 class SourceServer:
