@@ -41,6 +41,6 @@ def reference_locally(recipe: ReferenceRecipe, run: RunSpec, lookup: Lookup, *, 
         if not new:
             return {"url": run.target_url, "appended": 0}
         recipe = recipe.pruned(run.prune)
-    refs = [ref for batch in plan_references(recipe, run) for ref in reference_batch(recipe, batch)]
+    refs = [ref for batch in plan_references(recipe, run) for ref in reference_batch(recipe, batch, lookup)]
     summary = write_references(recipe, run, refs, {"forge:runner": "local"})
     return {**summary, "catalog": publish_catalog(run)}

@@ -25,7 +25,7 @@ def plan_reference_append_run(run: RunSpec) -> tuple[RunSpec, int]:
 )
 def reference_inputs(batch: Opaque[CacheBatch], run: RunSpec) -> Opaque[list[tuple[Key, object]]]:
     """The batch's inputs as virtual datasets (their metadata read, their chunks located)."""
-    return Opaque(reference_batch(recipe_for(run), batch.value))
+    return Opaque(reference_batch(recipe_for(run), batch.value, secret_lookup))
 
 
 @stage(name="write-references", retries=2, retry_delay_seconds=10)

@@ -132,3 +132,73 @@ def test_module_style_imports_and_09_methods_port():
     namespace: dict = {}
     exec(compile(ported.code, "recipe.py", "exec"), namespace)
     assert isinstance(namespace["recipe"], XarrayZarrRecipe) and len(namespace["test_recipe"].pattern) == 2
+
+
+BEAM_CLASSES = '''
+import apache_beam as beam
+from pangeo_forge_recipes.patterns import ConcatDim, FilePattern
+from pangeo_forge_recipes.transforms import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
+
+pattern = FilePattern(lambda time: f"https://example.org/{time}.nc", ConcatDim("time", [1, 2]))
+
+
+def shift(item, by, scale=1):
+    index, ds = item
+    return index, (ds + by) * scale
+
+
+def add(index, ds, amount):
+    return index, ds + amount
+
+
+class Static(beam.PTransform):
+    @staticmethod
+    def _double(item):
+        index, ds = item
+        return index, ds * 2
+
+    def expand(self, pcoll):
+        return pcoll | beam.Map(self._double)
+
+
+class Configured(beam.PTransform):
+    def __init__(self, limit, label=None):
+        super().__init__(label)
+        self.limit = limit
+
+    @staticmethod
+    def _mask(ds, limit):
+        return ds.where(ds < limit)
+
+    def _preproc(self, item):
+        index, ds = item
+        return index, self._mask(ds, self.limit)
+
+    def expand(self, pcoll):
+        return pcoll | beam.Map(self._preproc) | beam.Map(shift, self.limit, scale=10)
+
+
+recipe = (
+    beam.Create(pattern.items())
+    | OpenURLWithFSSpec()
+    | OpenWithXarray(file_type=pattern.file_type)
+    | Static()
+    | Configured(limit=6)
+    | beam.MapTuple(add, 0.5)
+    | StoreToZarr(store_name="x.zarr", combine_dims=pattern.combine_dim_keys)
+)
+'''
+
+
+def test_beam_transform_classes_port_with_their_methods_state_and_extra_arguments():
+    """A staticmethod, a method using what ``__init__`` set (and calling a staticmethod through
+    ``self``), ``beam.Map``/``beam.MapTuple`` with extra arguments: each step runs as Beam would."""
+    ported = port_source(BEAM_CLASSES)
+    assert [n for n in ported.notes if not n.translated] == []
+    namespace: dict = {}
+    exec(compile(ported.code, "recipe.py", "exec"), namespace)
+    ds = xr.Dataset({"a": ("x", [1.0, 2.0, 3.0, 4.0])})
+    processed = namespace["recipe"].process_input(ds)
+    doubled = ds * 2
+    expected = ((doubled.where(doubled < 6) + 6) * 10) + 0.5
+    xr.testing.assert_identical(processed, expected)

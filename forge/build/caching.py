@@ -117,7 +117,7 @@ def source_access(recipe: XarrayZarrRecipe, lookup: Lookup = env_lookup) -> Sour
     """The pattern's credentials, resolved, and the hosts they may go to."""
     pattern = recipe.pattern
     return SourceAccess.resolve(
-        pattern.fsspec_open_kwargs, pattern.query_string_secrets, pattern.trusted_redirect_hosts, lookup
+        recipe.source_options, pattern.query_string_secrets, pattern.trusted_redirect_hosts, lookup
     )
 
 

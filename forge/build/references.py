@@ -25,12 +25,16 @@ from forge.build.append import available_prefix, new_inputs
 from forge.build.caching import plan_cache
 from forge.build.target import COMPLETE_ATTR
 from forge.build.types import CacheBatch, RunSpec
-from forge.errors import ForgeError
+from forge.errors import ForgeError, RecipeError
+from forge.io.s3_options import S3Options
+from forge.io.secrets import Lookup, env_lookup
 from forge.publish.validate import check_coordinate, check_no_retraction
 from forge.recipe.patterns import Key
 from forge.recipe.recipes import ReferenceRecipe
 
 INPUTS_ATTR = "forge:referenced_inputs"  # concat positions the store references, for appends
+SOURCE_OPTIONS_ATTR = "forge:source_storage_options"  # s3fs options to read the sources (no credentials)
+NO_OPTIONS = S3Options()
 
 
 class UnreferenceableInput(ForgeError):
@@ -55,7 +59,8 @@ def plan_references(recipe: ReferenceRecipe, run: RunSpec) -> list[CacheBatch]:
     return plan_cache(recipe, run, "reference")
 
 
-def _registry(urls: Sequence[str]):
+def _registry(urls: Sequence[str], s3: S3Options = NO_OPTIONS, lookup: Lookup = env_lookup):
+    """obstore stores for the sources at ``urls``: HTTP(S) as it is, S3 as the recipe's options say."""
     from obspec_utils.registry import ObjectStoreRegistry
     from obstore.store import from_url
 
@@ -63,7 +68,11 @@ def _registry(urls: Sequence[str]):
     for url in urls:
         prefix = prefix_of(url)
         if prefix not in stores:
-            options = {"client_options": {"allow_http": True}} if prefix.startswith("http") else {}
+            options: dict[str, Any] = {}
+            if prefix.startswith("http"):
+                options = {"client_options": {"allow_http": True}}
+            elif prefix.startswith("s3://"):
+                options = s3.obstore_config(lookup)
             stores[prefix] = from_url(prefix, **options)
     return ObjectStoreRegistry(stores)
 
@@ -78,13 +87,16 @@ def _parser(file_type: str):
     raise ForgeError(f"reference recipes read netcdf4, hdf5 or netcdf3 inputs, not {file_type!r}")
 
 
-def reference_batch(recipe: ReferenceRecipe, batch: CacheBatch) -> list[tuple[Key, xr.Dataset]]:
+def reference_batch(
+    recipe: ReferenceRecipe, batch: CacheBatch, lookup: Lookup = env_lookup
+) -> list[tuple[Key, xr.Dataset]]:
     """Each input of ``batch`` as a virtual dataset: its variables' chunk manifests (file, offset,
-    length), its coordinates loaded. Reads only the inputs' metadata."""
+    length), its coordinates loaded. Reads only the inputs' metadata (S3 sources as the recipe's
+    ``storage_options`` say, credentials by their secret names)."""
     from virtualizarr import open_virtual_dataset
 
     urls = [source_url(item.fetch_url) for item in batch.items]
-    registry = _registry(urls)
+    registry = _registry(urls, recipe.s3, lookup)
     parser = _parser(recipe.pattern.file_type)
     out = []
     for item, url in zip(batch.items, urls, strict=True):
@@ -102,6 +114,33 @@ def reference_batch(recipe: ReferenceRecipe, batch: CacheBatch) -> list[tuple[Ke
     return out
 
 
+def check_even_chunks(recipe: ReferenceRecipe, members: Sequence[tuple[Key, xr.Dataset]]) -> None:
+    """Inputs whose arrays are chunked differently (a month of days per chunk: 28 to 31) cannot be
+    referenced as one array: VirtualiZarr concatenates chunk manifests of one chunk shape only, and
+    writes no variable-length (rectilinear) chunk grid. Refused before anything is written, naming two
+    inputs that differ, with the copying recipe as the way out."""
+    from virtualizarr.manifests import ManifestArray
+    from virtualizarr.manifests.utils import manifest_chunk_shape
+
+    def chunk_shape(var: xr.Variable | None) -> tuple[int, ...] | None:
+        data = getattr(var, "data", None)
+        return tuple(manifest_chunk_shape(data.metadata)) if isinstance(data, ManifestArray) else None
+
+    first_key, first = members[0]
+    for key, vds in members[1:]:
+        for name, var in vds.variables.items():
+            ours, theirs = chunk_shape(var), chunk_shape(first.variables.get(name))
+            if ours is not None and theirs is not None and ours != theirs:
+                one, other = recipe.pattern[first_key], recipe.pattern[key]
+                raise RecipeError(
+                    f"{name!r} is stored in chunks of {theirs} in {one} but {ours} in {other}: "
+                    "references can only describe inputs chunked alike (VirtualiZarr concatenates chunk "
+                    "manifests of one shape; variable-length chunk grids are not written by this stack). "
+                    "Nothing was written. Copy the data instead, rechunked evenly: "
+                    "XarrayZarrRecipe(pattern, target_chunks={...}) with the same pattern."
+                )
+
+
 def combine(recipe: ReferenceRecipe, refs: Sequence[tuple[Key, xr.Dataset]]) -> xr.Dataset:
     """The inputs' virtual datasets as one: concatenated along the concat dimension (in key order),
     stacked along a second ConcatDim, merged across merge dimensions."""
@@ -115,6 +154,7 @@ def combine(recipe: ReferenceRecipe, refs: Sequence[tuple[Key, xr.Dataset]]) -> 
         along = []
         for _, members in sorted(stacked.items()):
             members.sort(key=lambda kv: kv[0][concat] if concat else 0)
+            check_even_chunks(recipe, members)
             datasets = [vds for _, vds in members]
             along.append(_concat(datasets, concat) if concat and len(datasets) > 1 else datasets[0])
         parts.append(_concat(along, stack) if len(along) > 1 else along[0])
@@ -164,6 +204,8 @@ def write_references(
     before = run.append_from or 0
     n_new = len({key[concat] for key, _ in refs}) if concat else len(refs)
     vds.attrs = _attrs(recipe, run, vds.attrs, before + n_new)
+    if recipe.s3.public and any(p.startswith("s3://") for p in _containers(vds)):
+        vds.attrs[SOURCE_OPTIONS_ATTR] = recipe.s3.public  # how readers reach the sources (no credentials)
     if concat and concat in vds.coords:  # the checks a store's publish makes, before anything is written
         held = open_references(run.target_url)[concat].values if before else vds[concat].values[:0]
         check_coordinate(np.concatenate([held, vds[concat].values]), concat, run.target_url)
@@ -171,7 +213,7 @@ def write_references(
             published = referenced_inputs(run) or 0
             check_no_retraction(published, n_new, concat, run.target_url)
     if run.target_format == "icechunk":
-        snapshot = _write_icechunk(vds, run, concat if before else None, provenance, n_new)
+        snapshot = _write_icechunk(vds, run, concat if before else None, provenance, n_new, recipe.s3)
         extra = {"snapshot": snapshot}
     else:
         if before:
@@ -231,7 +273,7 @@ def _containers(vds: xr.Dataset) -> list[str]:
     return sorted(prefixes)
 
 
-def _container_store(prefix: str):
+def _container_store(prefix: str, s3: S3Options):
     import icechunk
 
     parts = urlsplit(prefix)
@@ -241,13 +283,13 @@ def _container_store(prefix: str):
     if scheme == "file":
         return icechunk.local_filesystem_store(urlsplit(prefix).path)
     if scheme == "s3":
-        return icechunk.s3_store(from_env=True)
+        return s3.icechunk_store()
     if scheme in ("gs", "gcs"):
         return icechunk.gcs_store()
     raise ForgeError(f"Icechunk cannot hold references to {prefix} sources")
 
 
-def _repository(url: str, prefixes: Sequence[str] = ()):
+def _repository(url: str, prefixes: Sequence[str] = (), s3: S3Options = NO_OPTIONS):
     """The Icechunk repository at ``url`` (created when missing), with a virtual chunk
     container for each of ``prefixes`` no container covers yet (saved in its config), opened with read
     access to all of its containers."""
@@ -262,7 +304,9 @@ def _repository(url: str, prefixes: Sequence[str] = ()):
     known = set(config.virtual_chunk_containers or {})
     missing = [p for p in prefixes if not any(p.startswith(k) for k in known)]
     for prefix in missing:
-        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, _container_store(prefix)))
+        config.set_virtual_chunk_container(
+            icechunk.VirtualChunkContainer(prefix, _container_store(prefix, s3))
+        )
     access = dict.fromkeys(known | set(missing))
     if new:
         return icechunk.Repository.create(storage, config=config, authorize_virtual_chunk_access=access)
@@ -275,14 +319,19 @@ def _repository(url: str, prefixes: Sequence[str] = ()):
 
 
 def _write_icechunk(
-    vds: xr.Dataset, run: RunSpec, append_dim: str | None, provenance: Mapping[str, Any], n_new: int
+    vds: xr.Dataset,
+    run: RunSpec,
+    append_dim: str | None,
+    provenance: Mapping[str, Any],
+    n_new: int,
+    s3: S3Options,
 ) -> str:
     import zarr
     from zarr.core.sync import sync
 
     from forge.publish import icechunk as ic
 
-    txn, session = ic.begin(run.target_url, _repository(run.target_url, _containers(vds)))
+    txn, session = ic.begin(run.target_url, _repository(run.target_url, _containers(vds), s3))
     if append_dim:
         before = dict(zarr.open_group(session.store, mode="r").attrs)
     else:  # a build replaces what main holds (to_icechunk writes only into an empty store)
@@ -354,10 +403,12 @@ def open_references(url: str, **kwargs) -> xr.Dataset:
     # zarr-python 3 reads through an async filesystem: the references', and the sources' behind them
     from zarr.storage import FsspecStore
 
-    refs = fsspec.filesystem(
-        "reference",
-        fo=url,
-        remote_options={"asynchronous": True},
-        asynchronous=True,
-    )
-    return xr.open_zarr(FsspecStore(refs, read_only=True), consolidated=False, zarr_format=2, **kwargs)
+    def opened(remote_options: Mapping[str, Any]) -> xr.Dataset:
+        refs = fsspec.filesystem(
+            "reference", fo=url, remote_options={**remote_options, "asynchronous": True}, asynchronous=True
+        )
+        return xr.open_zarr(FsspecStore(refs, read_only=True), consolidated=False, zarr_format=2, **kwargs)
+
+    ds = opened({})
+    # S3 sources on an endpoint of their own, or read anonymously: as the references say
+    return opened(ds.attrs[SOURCE_OPTIONS_ATTR]) if SOURCE_OPTIONS_ATTR in ds.attrs else ds

@@ -24,14 +24,14 @@ import xarray as xr
 import zarr
 
 from forge._version import __version__
-from forge.build.acceptance import run_checks
+from forge.build.acceptance import ReadersView, publish_metadata, run_checks
 from forge.build.caching import opened
 from forge.build.chunking import dynamic_chunks
 from forge.build.plan import Stack, batch_chunks, chunk_writes, default_chunk
 from forge.build.schema import InputSummary, Template, VariableSpec, combine, merge_part
 from forge.build.times import exact_encoding, is_time_units
 from forge.build.types import RunSpec, TargetSpec, WriteBatch
-from forge.errors import RecipeError
+from forge.errors import RecipeCodeError, RecipeError
 from forge.io.storage import Storage, zarr_store
 from forge.publish import icechunk as icechunk_target
 from forge.publish.validate import (
@@ -239,13 +239,38 @@ def digest_inputs(h: hashlib._Hash, summaries: Sequence[InputSummary]) -> str:
 
 def combine_inputs(recipe: XarrayZarrRecipe, summaries: Sequence[InputSummary]) -> Template:
     """The target template from the inputs' summaries, as the recipe asks for it."""
-    return combine(
+    template = combine(
         summaries,
         recipe.concat_dim,
         preprocessed=recipe.process_input is not None,
         nitems_per_file=recipe.pattern.concat_dim.nitems_per_file if recipe.concat_dim else None,
         stack_dim=recipe.stack_dim,
     )
+    return kept_by_process_chunk(recipe, template)
+
+
+def kept_by_process_chunk(recipe: XarrayZarrRecipe, template: Template) -> Template:
+    """The template without the variables ``process_chunk`` drops, as pangeo-forge 0.9 makes its target
+    from the first chunk as ``process_chunk`` gives it back. What it drops is found on a stand-in of one
+    step (zeros, lazily): a function that cannot run on it leaves the template whole, and the real
+    chunks say what is wrong."""
+    if recipe.process_chunk is None:
+        return template
+    dims = {d for v in template.variables for d in v.dims}
+    sample = xr.Dataset()
+    for v in template.variables:
+        shape = tuple(1 if d == template.concat_dim else n for d, n in zip(v.dims, v.shape, strict=True))
+        var = xr.Variable(v.dims, dask.array.zeros(shape, dtype=v.dtype), attrs=v.attrs)
+        if v.is_coord or v.name in dims:
+            sample = sample.assign_coords({v.name: var})
+        else:
+            sample[v.name] = var
+    try:
+        kept = set(recipe.postprocess_chunk(sample, "a stand-in of the first chunk").variables)
+    except RecipeCodeError:
+        return template
+    variables = tuple(v for v in template.variables if v.name in kept or v.name in dims)
+    return dataclasses.replace(template, variables=variables)
 
 
 def _template_dataset(
@@ -506,11 +531,14 @@ def finalize_target(
         return describe(target.published_url, target.concat_dim, target.format)
     if target.transaction is not None:
         session = icechunk_target.merged(target.transaction, sessions)
-        run_checks(recipe.tests, session.store, target.url, consolidated=False)
         group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
         group.attrs.update(
             {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
         )
+        if recipe.tests:  # on the commit as readers will open it (consolidated too, if they ask)
+            view = ReadersView(session.store)
+            publish_metadata(view, {}, True, recipe.zarr_format)
+            run_checks(recipe.tests, view, target.url, consolidated=None)
         kind = "append" if target.run.append_from is not None else "build"
         span = f"{target.appended} items appended" if kind == "append" else f"{target.n_inputs} inputs"
         metadata = icechunk_target.run_metadata(
@@ -525,15 +553,13 @@ def finalize_target(
             target.transaction, session, f"{target.run.recipe_id}: {kind}, {span}", metadata
         )
         return describe(target.url, target.concat_dim, target.format)
-    if recipe.tests:
-        run_checks(recipe.tests, zarr_store(target.url), target.url, consolidated=False)
     group = open_group(target.url)
     attrs = {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
-    group.attrs.put({**dict(group.attrs), **attrs})
-    if recipe.consolidated:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(zarr_store(target.url), zarr_format=recipe.zarr_format)
+    if recipe.tests:  # on the store as readers will see it, its metadata in memory until they pass
+        view = ReadersView(zarr_store(target.url))
+        publish_metadata(view, attrs, recipe.consolidated, recipe.zarr_format)
+        run_checks(recipe.tests, view, target.url, consolidated=recipe.consolidated or None)
+    publish_metadata(zarr_store(target.url), attrs, recipe.consolidated, recipe.zarr_format)
     if target.publish_to:
         move_into_place(target.url, target.publish_to)
     storage, key = pending_marker(target.url)

@@ -172,17 +172,16 @@ def chunk_blocks(
 def processed_chunk(
     recipe: XarrayZarrRecipe, inputs: _Inputs, target: TargetSpec, chunk: ChunkWrite, label: str
 ) -> xr.Dataset:
-    """One target chunk of every variable the store step writes, decoded, assembled from its inputs'
-    slices (merged across merge dimensions, concatenated) and given to the recipe's ``process_chunk``."""
+    """One target chunk, decoded, as xarray would combine its inputs' slices (merged across merge
+    dimensions, concatenated): every variable, those not along the concat dimension too, as
+    pangeo-forge 0.9 gives it to the recipe's ``process_chunk``."""
     concat = target.concat_dim
-    names = [spec.name for spec in target.variables]
     sources = sorted({spec.source for spec in target.variables})
     parts = []
     for piece in chunk.pieces:
         window = {concat: slice(piece.src_start, piece.src_stop)}
         held = [inputs.dataset(piece.position, source, raw=False)[0].isel(window) for source in sources]
-        merged = held[0] if len(held) == 1 else xr.merge(held, compat="override", join="override")
-        parts.append(merged[[n for n in names if n in merged.variables]])
+        parts.append(held[0] if len(held) == 1 else xr.merge(held, compat="override", join="override"))
     options = {
         "data_vars": "minimal",
         "coords": "minimal",

@@ -19,6 +19,7 @@ with ``translated=False`` (and a ``# forge port:`` comment in the code where it 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -61,10 +62,10 @@ DROPPED_ARGS = {
 }
 # 0.9's HDFReferenceRecipe: arguments forge takes as they are, and those it has no use for (and why)
 REFERENCE_KEPT_ARGS: set[str] = set()
+REFERENCE_RENAMED_ARGS = {"netcdf_storage_options": "storage_options"}  # how the sources are read (S3)
 REFERENCE_DROPPED_ARGS = {
     "output_json_fname": "the references are named after the recipe",
     "output_intake_yaml_fname": "forge writes no intake catalog",
-    "netcdf_storage_options": "references are read without credentials",
     "inline_threshold": "the dimension coordinates are copied into the references, the rest referenced",
     "concat_dims": "the pattern's ConcatDim",
     "identical_dims": "the dimension coordinates are loaded from the first input",
@@ -129,6 +130,7 @@ def _steps(node: cst.BaseExpression) -> list[cst.BaseExpression]:
 
 
 REMOVED = "__forge_port_removed__"
+SELF = re.compile(r"\bself\.")  # a PTransform's own attribute, in one of its steps
 
 
 def _removed(original: cst.BaseStatement) -> cst.SimpleStatementLine:
@@ -176,6 +178,9 @@ class _Step:
 
     how: str
     fn: str
+    extra: str = (
+        ""  # the step's further arguments: beam.Map(f, *args, **kwargs) calls f(item, *args, **kwargs)
+    )
 
 
 class _Scan(cst.CSTVisitor):
@@ -240,9 +245,27 @@ def step_of(module: cst.Module, node: cst.BaseExpression, owner: str | None = No
     code = module.code_for_node(fn)
     if isinstance(fn, cst.Lambda):
         code = f"({code})"
-    if owner and code.startswith("self."):
-        code = f"{owner}.{code[5:]}"
-    return _Step("map" if _name(node.func) == "Map" else "maptuple", code)
+    extra = ", ".join(
+        f"{a.star}{a.keyword.value + '=' if a.keyword else ''}{module.code_for_node(a.value)}"
+        for a in node.args[1:]
+    )
+    return _Step("map" if _name(node.func) == "Map" else "maptuple", code, extra)
+
+
+SUPER_INIT = m.SimpleStatementLine(
+    body=[m.Expr(m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__"))))]
+)
+
+
+def _without_base_init(statement: cst.BaseStatement) -> cst.BaseStatement:
+    """A former PTransform's ``__init__`` without its ``super().__init__(...)`` (Beam's label): the class
+    has no base any more."""
+    if not (isinstance(statement, cst.FunctionDef) and statement.name.value == "__init__"):
+        return statement
+    body = [s for s in statement.body.body if not m.matches(s, SUPER_INIT)]
+    return statement.with_changes(
+        body=statement.body.with_changes(body=body or [cst.SimpleStatementLine([cst.Pass()])])
+    )
 
 
 class _Rewrite(cst.CSTTransformer):
@@ -347,7 +370,9 @@ class _Rewrite(cst.CSTTransformer):
             self.note(original, f"class {name}: a PTransform forge cannot run as a per-input step", False)
             return updated
         body = [
-            s for s in updated.body.body if not (isinstance(s, cst.FunctionDef) and s.name.value == "expand")
+            _without_base_init(s)
+            for s in updated.body.body
+            if not (isinstance(s, cst.FunctionDef) and s.name.value == "expand")
         ]
         self.note(original, f"class {name}: no longer a PTransform; its steps run on every input")
         return updated.with_changes(
@@ -419,6 +444,10 @@ class _Rewrite(cst.CSTTransformer):
             key = arg.keyword.value if arg.keyword else None
             if key is None or key in kept:
                 args.append(arg)
+            elif callee == "HDFReferenceRecipe" and key in REFERENCE_RENAMED_ARGS:
+                new_key = REFERENCE_RENAMED_ARGS[key]
+                args.append(arg.with_changes(keyword=cst.Name(new_key)))
+                self.note(original, f"{key}= -> {new_key}= (how the S3 sources are read)")
             elif key == "file_pattern":
                 args.insert(0, arg.with_changes(keyword=None, equal=cst.MaybeSentinel.DEFAULT))
                 self.note(original, "file_pattern= -> the pattern as the first argument")
@@ -461,6 +490,9 @@ class _Rewrite(cst.CSTTransformer):
             elif name in REFERENCE_STEPS:
                 recipe_class = "ReferenceRecipe"
                 self.note(where, f"{name}: {REFERENCE_STEPS[name]}")
+                if name == "OpenWithKerchunk" and "storage_options" in args:
+                    kwargs["storage_options"] = self.module.code_for_node(args["storage_options"])
+                    self.note(where, "OpenWithKerchunk(storage_options=...): the recipe's storage_options")
                 if name == "WriteCombinedReference":
                     stored = True
                     output = args.get("output_file_name")
@@ -491,7 +523,7 @@ class _Rewrite(cst.CSTTransformer):
                 steps.append(parsed)
                 self.note(where, f"{code}: now part of process_input")
             elif name in self.scan.transforms and self.scan.transforms[name] is not None:
-                steps += self.scan.transforms[name]
+                steps += self.bound(self.scan.transforms[name], code, target, name)
                 if self.scan.transforms[name]:
                     self.note(where, f"{name}(...): its steps are now part of process_input")
             else:
@@ -509,6 +541,18 @@ class _Rewrite(cst.CSTTransformer):
             f"{recipe_class}(\n    {pattern},\n" + "".join(f"    {k}={v},\n" for k, v in kwargs.items()) + ")"
         )
 
+    def bound(self, steps: Sequence[_Step], made: str, target: str, name: str) -> list[_Step]:
+        """A PTransform's steps, their ``self`` the transform as the pipeline makes it (``made``: its
+        ``__init__`` runs, so methods see the attributes it sets): a module-level instance."""
+        uses_self = [s for s in steps if SELF.search(s.fn) or SELF.search(s.extra)]
+        if not uses_self:
+            return list(steps)
+        instance = f"_{target}_{re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_', name).lower()}"
+        self.wrappers.append(cst.parse_statement(f"{instance} = {made}\n"))
+        return [
+            _Step(s.how, SELF.sub(f"{instance}.", s.fn), SELF.sub(f"{instance}.", s.extra)) for s in steps
+        ]
+
     def process_input(self, steps: Sequence[_Step], target: str) -> str:
         """The per-dataset steps as one ``process_input``: the function itself when there is one of
         the ``f(ds)`` kind, else a function ``_{target}_process_input`` that runs them in turn (Beam-style
@@ -516,13 +560,13 @@ class _Rewrite(cst.CSTTransformer):
         if len(steps) == 1 and steps[0].how == "ds":
             return steps[0].fn
         calls = {
-            "ds": "    ds = {fn}(ds)\n",
+            "ds": "    ds = {fn}(ds{extra})\n",
             "expr": "    ds = {fn}\n",
-            "map": "    ds = {fn}((None, ds))[1]\n",
-            "maptuple": "    ds = {fn}(None, ds)[1]\n",
+            "map": "    ds = {fn}((None, ds){extra})[1]\n",
+            "maptuple": "    ds = {fn}(None, ds{extra})[1]\n",
         }
         name = f"_{target}_process_input"
-        body = "".join(calls[s.how].format(fn=s.fn) for s in steps)
+        body = "".join(calls[s.how].format(fn=s.fn, extra=f", {s.extra}" if s.extra else "") for s in steps)
         self.wrappers.append(
             cst.parse_statement(
                 f"def {name}(ds):\n"

@@ -11,6 +11,7 @@ import xarray as xr
 
 from forge.errors import RecipeCodeError, RecipeError, call_recipe_code
 from forge.io.openers import get_opener
+from forge.io.s3_options import S3Options
 from forge.recipe.patterns import FilePattern
 
 TARGET_FORMATS = ("zarr", "icechunk")
@@ -51,6 +52,11 @@ class _OverPattern:
     def stack_dim(self) -> str | None:
         stack = self.pattern.stack_dim
         return stack.name if stack else None
+
+    @property
+    def source_options(self) -> Mapping[str, Any]:
+        """fsspec's options for reading the sources (secrets by name): the pattern's."""
+        return self.pattern.fsspec_open_kwargs
 
     def pruned(self, nkeep: int | None) -> Self:
         if nkeep is None:
@@ -243,6 +249,11 @@ class ReferenceRecipe(_OverPattern):
         Variables copied into the store rather than referenced; default: the dimension coordinates.
     attrs
         Extra global attributes for the target.
+    storage_options
+        How ``s3://`` sources are read, as s3fs takes them (pangeo-forge's ``netcdf_storage_options``):
+        ``anon``, ``endpoint_url`` (or ``client_kwargs={"endpoint_url": ...}``), ``region``,
+        ``requester_pays``, and ``key``/``secret``/``token`` as ``Secret("NAME")``. All but the
+        credentials are kept with the references, for their readers.
     max_concurrency_per_host, cache_batch_size
         As for :class:`XarrayZarrRecipe`: inputs are referenced in batches per source host.
     """
@@ -251,6 +262,7 @@ class ReferenceRecipe(_OverPattern):
     target_format: str = "icechunk"
     loadable_variables: tuple[str, ...] | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
     max_concurrency_per_host: int = 4
     cache_batch_size: int = 2500
 
@@ -270,6 +282,16 @@ class ReferenceRecipe(_OverPattern):
             raise ValueError("max_concurrency_per_host must be >= 1")
         if self.loadable_variables is not None:
             object.__setattr__(self, "loadable_variables", tuple(self.loadable_variables))
+        S3Options.from_fsspec(self.storage_options)  # refused now, not when the sources are read
+
+    @property
+    def s3(self) -> S3Options:
+        return S3Options.from_fsspec(self.storage_options)
+
+    @property
+    def source_options(self) -> Mapping[str, Any]:
+        """The recipe's ``storage_options``: a look at the source for an append reads S3 as they say."""
+        return self.storage_options
 
 
 Recipe = XarrayZarrRecipe | ReferenceRecipe

@@ -31,7 +31,7 @@ pattern = FilePattern(make_url, time_concat_dim)
 def test_ds(store: zarr.storage.FSStore) -> zarr.storage.FSStore:
     import xarray as xr
 
-    ds = xr.open_dataset(store, engine="zarr", chunks={})
+    ds = xr.open_dataset(store, engine="zarr", consolidated=True, chunks={})
     for var in ["anom", "err", "ice", "sst"]:
         assert var in ds.data_vars
     return store
