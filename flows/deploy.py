@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from flows.alerts import install_staleness_automations
 from flows.bakery import DEPLOYMENTS, base_job_template, get_bakery, job_variables, load_bakeries
 from flows.receiver import OBJECTS_LANDED, recipe_resource
 from forge.events.triggers import rules_from_meta
@@ -59,7 +60,7 @@ def render() -> str:
             deployments.append(append)
     doc = {
         "name": "forge-recipes",
-        "prefect-version": "3.8.8",
+        "prefect-version": "3.9.1",
         "definitions": {"work_pools": used},
         # Code is pulled from the checkout `forge deploy` ran in (bakeries on Kubernetes use their image).
         "pull": [
@@ -150,3 +151,5 @@ def deploy(data_dir: str | None = None) -> None:
         env=env,
         check=True,
     )
+    for name in install_staleness_automations({s.recipe_id: s.meta() for s in list_recipes()}):
+        print(f"automation: {name}")

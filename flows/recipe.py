@@ -11,6 +11,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import State
 
+from flows.alerts import announce_update
 from flows.bakery import current_bakery, store_workers, task_runner_for
 from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure, in_stage, nothing_appended
 from flows.references import build_references
@@ -163,5 +164,7 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     timings["total"] = time.perf_counter() - t0
     first_url = next(iter(recipe_for(run).pattern.items()))[1]
     summary_artifact(run, target, summary, source_text(first_url, run), timings)
+    if not target.complete and (run.append_from is None or target.appended):
+        announce_update(run.recipe_id, {**summary, "appended": target.appended})
     print(f"store ready: {summary['url']}" + (f" (appended {target.appended})" if append else ""))
     return {**summary, "appended": target.appended, "timings": timings}

@@ -7,6 +7,7 @@ import time
 
 from prefect import get_run_logger
 
+from flows.alerts import announce_update
 from flows.outcomes import first_failure, in_stage, nothing_appended
 from flows.reports import Progress
 from flows.runtime.windows import submit_windowed, wait_ended
@@ -39,6 +40,8 @@ def build_references(run: RunSpec, append: bool, dry_run: bool) -> dict:
         raise failed
     summary = in_stage("write-references", write_reference_store, run, [f.result() for f in futures])
     summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
+    if not append or summary["appended"]:
+        announce_update(run.recipe_id, summary)
     summary["timings"] = {"total": time.perf_counter() - t0}
     print(f"references ready: {summary['url']}" + (f" (appended {summary['appended']})" if append else ""))
     return summary

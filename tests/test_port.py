@@ -134,7 +134,7 @@ def test_module_style_imports_and_09_methods_port():
     assert isinstance(namespace["recipe"], XarrayZarrRecipe) and len(namespace["test_recipe"].pattern) == 2
 
 
-BEAM_CLASSES = '''
+BEAM_CLASSES = """
 import apache_beam as beam
 from pangeo_forge_recipes.patterns import ConcatDim, FilePattern
 from pangeo_forge_recipes.transforms import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
@@ -187,7 +187,7 @@ recipe = (
     | beam.MapTuple(add, 0.5)
     | StoreToZarr(store_name="x.zarr", combine_dims=pattern.combine_dim_keys)
 )
-'''
+"""
 
 
 def test_beam_transform_classes_port_with_their_methods_state_and_extra_arguments():

@@ -12,6 +12,7 @@ each other's link (each writes its collection before it lists).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import posixpath
@@ -30,6 +31,7 @@ from forge.catalog.page import Entry, catalog_page, open_snippets
 from forge.catalog.pictures import health_png, main_variables, quicklook_png
 from forge.catalog.stac import StoreInfo, collection_for, item_for
 from forge.errors import RecipeError
+from forge.events.staleness import describe as freshness
 from forge.io.storage import Storage, join, zarr_store
 from forge.publish.icechunk import published_session
 from forge.publish.validate import HEALTH_ATTR
@@ -332,8 +334,10 @@ def find(catalog: str, recipe_id: str, version: str | None = None) -> tuple[str,
     return resolve(base, href), asset
 
 
-def listing(catalog: str) -> list[str]:
-    """What the catalog holds, one line per dataset and one per published major version."""
+def listing(catalog: str, now: dt.datetime | None = None) -> list[str]:
+    """What the catalog holds, one line per dataset and one per published major version; a scheduled
+    dataset's freshness too (its last update, the scheduled updates it missed)."""
+    now = now or dt.datetime.now(dt.UTC)
     lines = []
     for url, doc in collections(catalog):
         base = posixpath.dirname(url)
@@ -342,6 +346,8 @@ def listing(catalog: str) -> list[str]:
         version = f" v{doc['version']}" if doc.get("version") else ""
         lines.append(f"{doc['id']}{version}  {doc.get('title', '')}")
         lines.append(f"  {start} to {end}; {asset['forge:format']}: {resolve(base, asset['href'])}")
+        if (fresh := freshness(doc, now)) is not None:
+            lines.append(f"  {fresh}")
         for _, item in _linked(url, doc, "item"):
             held = item["properties"]
             state = "deprecated" if held.get("deprecated") else "latest"

@@ -218,7 +218,7 @@ def collection_for(
         license=str(meta.get("license") or (meta.get("provenance") or {}).get("license") or "other"),
         keywords=list(meta.get("keywords") or []) or None,
         providers=providers(meta) or None,
-        extra_fields={k: v for k, v in store.provenance.items() if v is not None},
+        extra_fields={**{k: v for k, v in store.provenance.items() if v is not None}, **_freshness(meta)},
     )
     _describe_cube(collection, ds)
     collection.add_asset("zarr", asset_for(store))
@@ -227,6 +227,21 @@ def collection_for(
     for rel, href, title in links:
         collection.add_link(pystac.Link(rel, href, title=title))
     return collection
+
+
+def _freshness(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What says how fresh the dataset should be: meta.yaml's update schedule and ``stale_after``."""
+    update = meta.get("update") or {}
+    fields: dict[str, Any] = {}
+    if update.get("schedule"):
+        schedule = update["schedule"]
+        fields["forge:update_schedule"] = {
+            "cron": schedule["cron"],
+            "timezone": schedule.get("timezone", "UTC"),
+        }
+    if update.get("stale_after"):
+        fields["forge:stale_after"] = str(update["stale_after"])
+    return fields
 
 
 def item_for(recipe_id: str, ds: xr.Dataset, store: StoreInfo, latest_major: int) -> pystac.Item:

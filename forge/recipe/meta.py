@@ -93,7 +93,12 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "schedule": _SCHEDULE,
                 "trigger": {"oneOf": [_TRIGGER, {"type": "array", "items": _TRIGGER}]},
+                # no update within this long: `forge deploy` adds an automation that says so
+                "stale_after": {"type": "string", "pattern": r"^\d+\s*[smhd]$"},
+                # the Prefect notification block it says so through: "block-type-slug/block-name"
+                "notify": {"type": "string", "pattern": r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$"},
             },
+            "dependencies": {"stale_after": ["notify"]},
             "additionalProperties": False,
         },
         "validation": {

@@ -7,9 +7,11 @@ import contextvars
 import os
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import xarray as xr
 from prefect.client.orchestration import get_client
@@ -304,3 +306,79 @@ def test_a_password_only_in_a_secret_block_builds_and_appends(tmp_path, monkeypa
     assert appended.result()["appended"] == 2
     assert {p for p in source.requests if p not in fetched_before} == {"/all_0004.nc", "/all_0005.nc"}
     assert_store_matches(appended.result()["url"], paths)
+
+
+class _Hooks(ThreadingHTTPServer):
+    """A webhook receiver on loopback: the bodies POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_a_dataset_with_no_update_within_stale_after_notifies_through_its_block(
+    served, tmp_path, prefect_server
+):
+    """A run that publishes says so (a forge.recipe.updated event about the recipe); the automation
+    `forge deploy` installs for ``update: {stale_after, notify}`` notifies through the named block when
+    no such event comes within the window."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from flows.alerts import install_staleness_automations
+
+    hooks = _Hooks()
+    try:
+        CustomWebhookNotificationBlock(
+            name="forge-test",
+            url=f"http://127.0.0.1:{hooks.server_address[1]}/alerts",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            allow_private_urls=True,
+        ).save("forge-alerts", overwrite=True)
+        write_inputs(make_dataset(2), Path(served.root), 1)
+        state = run_flow(write_recipe(tmp_path, 2, chunk=2, name="stale-demo"), tmp_path, served)
+        assert state.is_completed(), state.message
+        body = {
+            "filter": {
+                "event": {"name": ["forge.recipe.updated"]},
+                "resource": {"id": ["forge.recipe.stale-demo"]},
+            }
+        }
+        deadline = time.time() + 60
+        while not (events := httpx.post(f"{prefect_server}/events/filter", json=body).json()["events"]):
+            assert time.time() < deadline, "the run announced no update"
+            time.sleep(1)
+        assert events[0]["payload"]["url"].endswith("stale-demo.zarr")
+
+        meta = {
+            "title": "Stale demo",
+            "update": {"stale_after": "10s", "notify": "custom-webhook/forge-alerts"},
+        }
+        missing = {"title": "No block", "update": {"stale_after": "5s", "notify": "custom-webhook/not-there"}}
+        assert install_staleness_automations({"stale-demo": meta, "no-block": missing}) == [
+            "forge: stale stale-demo"
+        ]
+        deadline = time.time() + 120
+        while not hooks.received:
+            assert time.time() < deadline, "no notification: the staleness automation never fired"
+            time.sleep(1)
+        assert (
+            "stale-demo is stale" in hooks.received[0]
+            and "no update published in the last 10s" in hooks.received[0]
+        )
+    finally:
+        with get_client(sync_client=True) as client:
+            for automation in client.read_automations():
+                if automation.name.startswith("forge: stale"):
+                    client.delete_automation(automation.id)
+        hooks.shutdown()
