@@ -3,6 +3,7 @@ catalog read back with pystac and validated against the STAC 1.1, datacube and v
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -29,7 +30,7 @@ import forge
 import forge.catalog.catalog as catalog_module
 from forge.build.stages import run_spec_for
 from forge.build.types import RunSpec
-from forge.catalog.catalog import CATALOG, write_root
+from forge.catalog.catalog import CATALOG, listing, write_root
 from forge.catalog.pictures import MISSING_COLOUR
 from forge.recipe.loading import load_recipe
 from forge.recipe.meta import version_of
@@ -403,3 +404,22 @@ def test_a_picture_that_cannot_be_drawn_is_named_on_the_page_and_never_fails_the
     assert "thumbnail" not in doc["assets"] and (target / "demo" / "health.png").is_file()
     page = (target / "index.html").read_text()
     assert "The quick-look map is missing: RuntimeError: no display of that kind" in page
+
+
+def test_the_catalog_says_how_far_a_scheduled_dataset_is_behind(recipe_dir, tmp_path):
+    run(recipe_dir, tmp_path, 4, None)
+    meta = {**META, "update": {"schedule": {"cron": "0 6 * * *"}, "stale_after": "36h", "notify": "x/y"}}
+    (recipe_dir / "meta.yaml").write_text(yaml.safe_dump(meta))
+    forge.catalog.catalog.publish_catalog(RunSpec(str(recipe_dir), "demo", str(tmp_path / "target"), "c"))
+    doc = json.loads((tmp_path / "target" / "demo" / "collection.json").read_text())
+    assert doc["forge:update_schedule"] == {"cron": "0 6 * * *", "timezone": "UTC"}
+    updated = dt.datetime.fromisoformat(doc["forge:updated"])
+    fresh = listing(str(tmp_path / "target"), now=updated + dt.timedelta(minutes=5))[-1]
+    assert fresh.startswith("  last update ") and "(5 min ago)" in fresh and "STALE" not in fresh
+    # 06:00 on the day after the last update, and the two after: three missed at 07:00 three days on.
+    last_tick = dt.datetime.combine(updated.date(), dt.time(6), dt.UTC)
+    last_tick += dt.timedelta(days=1) if updated >= last_tick else dt.timedelta(0)
+    late = listing(str(tmp_path / "target"), now=last_tick + dt.timedelta(days=2, hours=1))[-1]
+    assert "3 scheduled update(s) missed, 2 d behind" in late and late.endswith(
+        "STALE (no update within 36h)"
+    )
