@@ -17,7 +17,7 @@ os.environ.setdefault("FORGE_DASK_WORKERS", "2")
 
 import pytest  # noqa: E402
 
-from forge.build.types import RunSpec  # noqa: E402
+from forge.engine.types import RunSpec  # noqa: E402
 from forge.replicas.oisst import OisstReplica  # noqa: E402
 from forge.replicas.server import SourceServer  # noqa: E402
 

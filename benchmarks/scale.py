@@ -112,15 +112,15 @@ def write_recipe(work: Path, n: int) -> Path:
 
 
 def _cache(run, batch):
-    from forge.build.caching import cache_batch
-    from forge.build.stages import recipe_for
+    from forge.engine.caching import cache_batch
+    from forge.engine.stages import recipe_for
 
     return cache_batch(recipe_for(run), run, batch)
 
 
 def _store(target, batch):
-    from forge.build.stages import recipe_for
-    from forge.build.writers import store_batch
+    from forge.engine.stages import recipe_for
+    from forge.engine.writers import store_batch
 
     return store_batch(recipe_for(target.run), target, batch)
 
@@ -129,9 +129,9 @@ def reference(recipe_dir: Path, out: Path, source_url: str, workers: int) -> tup
     """The flow's stages, in the same batches, over a process pool: (wall seconds, seconds by stage)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from forge.build.caching import plan_cache
-    from forge.build.stages import finalize, prepare, recipe_for
-    from forge.build.types import RunSpec
+    from forge.engine.caching import plan_cache
+    from forge.engine.stages import finalize, prepare, recipe_for
+    from forge.engine.types import RunSpec
     from forge.recipe.loading import find_recipe
 
     run = RunSpec(
@@ -196,8 +196,8 @@ def count_task_runs(flow_run_id) -> int:
 
 
 def plan_225k() -> float:
-    from forge.build.caching import plan_cache
-    from forge.build.types import RunSpec
+    from forge.engine.caching import plan_cache
+    from forge.engine.types import RunSpec
     from forge.recipe.patterns import ConcatDim, FilePattern
     from forge.recipe.recipes import XarrayZarrRecipe
 

@@ -38,7 +38,7 @@ LAYOUTS = {
 def build(name: str, days: int, work: Path, replica: str, warm_up: bool) -> tuple[str, float]:
     import dataclasses
 
-    from forge.build.types import RunSpec
+    from forge.engine.types import RunSpec
     from forge.recipe.loading import load_recipe
     from forge.run import run_locally
 

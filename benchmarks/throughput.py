@@ -98,9 +98,9 @@ def cache_core(files: list[Path], out: Path, replica_dir: Path) -> dict:
     """The cache stage's core work alone, in one process, no orchestration: every batch fetched from the
     local replica (served by a thread of this process, so its CPU counts) and every input summarized."""
     from flows.cli import local_replica
-    from forge.build.caching import fetch_missing, plan_cache, summarize_batch
-    from forge.build.stages import recipe_for
-    from forge.build.types import RunSpec
+    from forge.engine.caching import fetch_missing, plan_cache, summarize_batch
+    from forge.engine.stages import recipe_for
+    from forge.engine.types import RunSpec
     from forge.recipe.loading import find_recipe
 
     with local_replica(str(replica_dir)) as url:

@@ -134,7 +134,7 @@ def open_snippet(url: str) -> str:
 def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> bool:
     """Answer --dry-run, and "nothing new", from the store and the source alone: no Prefect, no cluster."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
-    from forge.build.append import describe_append, plan_append
+    from forge.engine.append import describe_append, plan_append
     from forge.io.secrets import MissingSecretError
     from forge.recipe.loading import load_recipe
     from forge.recipe.recipes import ReferenceRecipe
@@ -184,7 +184,7 @@ def _published_target(args: argparse.Namespace) -> str:
     """The Icechunk repository of a recipe under ``--target-root`` (its current major's, if versioned):
     found from its id and meta.yaml, without loading the recipe."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT
-    from forge.build.types import RunSpec
+    from forge.engine.types import RunSpec
     from forge.recipe.loading import find_recipe
     from forge.recipe.meta import version_of
 

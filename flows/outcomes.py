@@ -14,7 +14,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled
 
-from forge.build.types import RunSpec
+from forge.engine.types import RunSpec
 from forge.errors import ForgeError
 
 

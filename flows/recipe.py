@@ -20,9 +20,9 @@ from flows.runtime.gc_freeze import loaded_frozen
 from flows.runtime.settings_once import settings_serialized_once
 from flows.runtime.tracebacks import install_traceback_filter
 from flows.runtime.windows import submit_windowed, wait_ended
-from forge.build.append import describe_append
-from forge.build.stages import recipe_for, run_spec_for
-from forge.build.types import RunSpec
+from forge.engine.append import describe_append
+from forge.engine.stages import recipe_for, run_spec_for
+from forge.engine.types import RunSpec
 from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
 from forge.recipe.patterns import parse_rewrites
@@ -48,7 +48,7 @@ def run_spec(
     url_rewrites: dict[str, str] | None,
     target_format: str | None = None,
 ) -> RunSpec:
-    """The run's spec (:func:`forge.build.stages.run_spec_for`), planned for the bakery's store workers.
+    """The run's spec (:func:`forge.engine.stages.run_spec_for`), planned for the bakery's store workers.
     FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites."""
     rewrites = {
         **dict(parse_rewrites(os.environ.get("FORGE_URL_REWRITES", "").split())),

@@ -11,7 +11,7 @@ from flows.alerts import announce_update
 from flows.outcomes import first_failure, in_stage, nothing_appended
 from flows.reports import Progress
 from flows.runtime.windows import submit_windowed, wait_ended
-from forge.build.types import RunSpec
+from forge.engine.types import RunSpec
 from tasks.cache import plan_cache_batches
 from tasks.catalog import update_catalog
 from tasks.references import plan_reference_append_run, reference_inputs, write_reference_store

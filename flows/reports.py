@@ -11,8 +11,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.states import Failed, State
 
 from flows.outcomes import StageFailed
-from forge.build.types import RunSpec, TargetSpec
 from forge.catalog.catalog import HEALTH_PLOT, PAGE, QUICKLOOK
+from forge.engine.types import RunSpec, TargetSpec
 from forge.io.storage import join
 
 

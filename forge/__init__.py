@@ -25,15 +25,15 @@ def open_dataset(recipe_id: str, catalog: str = "data/target", version: str | No
 
 
 def chunks_by_budget(budget: int | str = "100MB", fixed=None):
-    """A ``dynamic_chunking_fn`` by size budget: see :func:`forge.build.chunking.chunks_by_budget`."""
-    from forge.build.chunking import chunks_by_budget as _chunks
+    """A ``dynamic_chunking_fn`` by size budget: see :func:`forge.engine.chunking.chunks_by_budget`."""
+    from forge.engine.chunking import chunks_by_budget as _chunks
 
     return _chunks(budget, fixed)
 
 
 def open_references(url: str):
     """A reference store (``ReferenceRecipe``'s ``.icechunk``, ``.json`` or ``.parquet``) opened with
-    xarray, its chunks read from the sources: see :mod:`forge.build.references`."""
-    from forge.build.references import open_references as _open
+    xarray, its chunks read from the sources: see :mod:`forge.engine.references`."""
+    from forge.engine.references import open_references as _open
 
     return _open(url)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from forge.build.references import plan_reference_append, plan_references, reference_batch, write_references
-from forge.build.stages import (
+from forge.catalog.catalog import publish_catalog
+from forge.engine.references import plan_reference_append, plan_references, reference_batch, write_references
+from forge.engine.stages import (
     cache_batch,
     finalize,
     plan_append,
@@ -12,9 +13,8 @@ from forge.build.stages import (
     source_probe,
     store_batch,
 )
-from forge.build.target import describe
-from forge.build.types import RunSpec
-from forge.catalog.catalog import publish_catalog
+from forge.engine.target import describe
+from forge.engine.types import RunSpec
 from forge.io.secrets import Lookup, env_lookup
 from forge.recipe.recipes import Recipe, ReferenceRecipe
 

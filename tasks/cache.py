@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from forge.build.caching import cache_batch, host_windows, plan_cache
-from forge.build.schema import InputSummary
-from forge.build.types import CacheBatch, RunSpec
+from forge.engine.caching import cache_batch, host_windows, plan_cache
+from forge.engine.schema import InputSummary
+from forge.engine.types import CacheBatch, RunSpec
 from tasks.common import Opaque, recipe_for, secret_lookup, stage
 from tasks.slots import host_limit_name
 

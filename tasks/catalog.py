@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from forge.build.types import RunSpec
 from forge.catalog.catalog import publish_catalog
+from forge.engine.types import RunSpec
 from tasks.common import stage
 
 

@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
-from forge.build.stages import recipe_for  # noqa: F401  (what the tasks load their recipe with)
+from forge.engine.stages import recipe_for  # noqa: F401  (what the tasks load their recipe with)
 from forge.errors import is_transient
 from tasks.environment import run_environment
 

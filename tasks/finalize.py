@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prefect.runtime import flow_run
 
-from forge.build.stages import finalize
-from forge.build.types import TargetSpec
-from forge.build.writers import BatchStats
+from forge.engine.stages import finalize
+from forge.engine.types import TargetSpec
+from forge.engine.writers import BatchStats
 from tasks.common import recipe_for, stage
 
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prefect.runtime import flow_run
 
-from forge.build.references import plan_reference_append, reference_batch, write_references
-from forge.build.stages import source_probe
-from forge.build.types import CacheBatch, RunSpec
+from forge.engine.references import plan_reference_append, reference_batch, write_references
+from forge.engine.stages import source_probe
+from forge.engine.types import CacheBatch, RunSpec
 from forge.recipe.patterns import Key
 from tasks.common import Opaque, recipe_for, secret_lookup, stage
 

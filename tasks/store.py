@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from forge.build.types import TargetSpec, WriteBatch
-from forge.build.writers import BatchStats, store_batch
+from forge.engine.types import TargetSpec, WriteBatch
+from forge.engine.writers import BatchStats, store_batch
 from tasks.common import Opaque, recipe_for, stage
 
 

@@ -11,11 +11,11 @@ import pytest
 import xarray as xr
 
 from forge import ConcatDim, FilePattern, XarrayZarrRecipe
-from forge.build.append import AppendError, plan_append
-from forge.build.caching import cache_batch, plan_cache
-from forge.build.stages import prepare
-from forge.build.target import open_group, pending_marker
-from forge.build.writers import store_batch
+from forge.engine.append import AppendError, plan_append
+from forge.engine.caching import cache_batch, plan_cache
+from forge.engine.stages import prepare
+from forge.engine.target import open_group, pending_marker
+from forge.engine.writers import store_batch
 from forge.io.fetch import SourceError
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs

@@ -28,10 +28,10 @@ from pystac.extensions.version import VersionExtension
 
 import forge
 import forge.catalog.catalog as catalog_module
-from forge.build.stages import run_spec_for
-from forge.build.types import RunSpec
 from forge.catalog.catalog import CATALOG, listing, write_root
 from forge.catalog.pictures import MISSING_COLOUR
+from forge.engine.stages import run_spec_for
+from forge.engine.types import RunSpec
 from forge.recipe.loading import load_recipe
 from forge.recipe.meta import version_of
 from forge.replicas.oisst import OisstReplica

@@ -40,7 +40,7 @@ def test_replica_command_serves_oisst_files_with_the_requested_delay_up_to_the_l
 
 def test_append_dry_run_from_the_command_line_lists_what_the_source_has(tmp_path):
     """`forge run --append --dry-run` asks the source (the replica), needs no Prefect, writes nothing."""
-    from forge.build.types import RunSpec
+    from forge.engine.types import RunSpec
     from forge.recipe.loading import load_recipe
     from forge.replicas.oisst import OisstReplica
     from forge.replicas.server import SourceServer

@@ -24,8 +24,8 @@ import pytest
 import xarray as xr
 
 from forge import XarrayZarrRecipe
-from forge.build.references import open_references
-from forge.build.types import RunSpec
+from forge.engine.references import open_references
+from forge.engine.types import RunSpec
 from forge.recipe.loading import load_recipe
 from forge.replicas.server import SourceServer
 from forge.run import run_locally

@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from forge import ConcatDim, FilePattern, MergeDim, XarrayZarrRecipe
-from forge.build import writers
+from forge.engine import writers
 from forge.errors import RecipeCodeError, RecipeError
 from forge.io.openers import InputError
 from forge.replicas.opendap import OpendapServer
@@ -347,7 +347,7 @@ def test_rerun_is_idempotent(served, run_spec):
 
 
 def test_a_batch_downloads_over_one_kept_alive_connection(served, run_spec):
-    from forge.build.caching import fetch_missing, plan_cache
+    from forge.engine.caching import fetch_missing, plan_cache
 
     write_inputs(make_dataset(6), Path(served.root), 1)
     recipe = XarrayZarrRecipe(concat_pattern(served, 6), max_concurrency_per_host=1)
@@ -389,8 +389,8 @@ def test_unknown_file_type():
 def test_write_batches_are_a_few_per_worker(served, run_spec, workers, expected):
     """Each write batch is a task run: two per worker when the cluster's size is known, and never more
     than the recipe's max_write_batches or the number of chunks."""
-    from forge.build.caching import cache_batch, plan_cache
-    from forge.build.target import prepare_target
+    from forge.engine.caching import cache_batch, plan_cache
+    from forge.engine.target import prepare_target
 
     paths = write_inputs(make_dataset(12), Path(served.root), 1)
     recipe = XarrayZarrRecipe(concat_pattern(served, 12), target_chunks={"time": 2}, max_write_batches=8)

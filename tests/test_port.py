@@ -12,7 +12,7 @@ import xarray as xr
 import zarr
 
 from forge import XarrayZarrRecipe
-from forge.build.stages import run_spec_for
+from forge.engine.stages import run_spec_for
 from forge.errors import RecipeCodeError
 from forge.port.feedstock import port_path
 from forge.port.rewrite import port_source

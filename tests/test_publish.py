@@ -18,11 +18,11 @@ import pytest
 import xarray as xr
 
 from forge import ConcatDim, FilePattern, XarrayZarrRecipe
-from forge.build.append import plan_append
-from forge.build.caching import cache_batch, plan_cache
-from forge.build.stages import finalize, prepare
-from forge.build.target import open_group
-from forge.build.writers import store_batch
+from forge.engine.append import plan_append
+from forge.engine.caching import cache_batch, plan_cache
+from forge.engine.stages import finalize, prepare
+from forge.engine.target import open_group
+from forge.engine.writers import store_batch
 from forge.publish import icechunk as ic
 from forge.publish.validate import ValidationError
 from forge.run import run_locally
@@ -133,7 +133,7 @@ import zarr
 import forge.run
 sys.path.insert(0, {tests!r})
 from test_publish import recipe_for
-from forge.build.types import RunSpec
+from forge.engine.types import RunSpec
 
 store_batch = forge.run.store_batch
 
@@ -284,7 +284,7 @@ ICECHUNK1 = Path(__file__).parent / "data" / "icechunk1"
 def test_a_repository_of_the_icechunk_1_line_takes_appends_and_upgrades(tmp_path):
     """``demo.icechunk`` was written by this project on icechunk 1.1 (tests/data/icechunk1/make.py): the
     current stack appends to it as it is, and ``forge upgrade`` moves it to the current format."""
-    from forge.build.stages import run_spec_for
+    from forge.engine.stages import run_spec_for
     from forge.recipe.loading import load_recipe
     from forge.replicas.server import SourceServer
     from forge.testing import forge_cli

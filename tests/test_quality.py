@@ -23,7 +23,7 @@ def test_tool(command):
 def test_forge_imports_without_prefect():
     code = (
         "import sys; sys.modules['prefect'] = None; "
-        "import forge.run, forge.build.target, forge.build.writers; print('ok')"
+        "import forge.run, forge.engine.target, forge.engine.writers; print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr

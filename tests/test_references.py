@@ -19,8 +19,8 @@ import xarray as xr
 
 import forge
 from forge import ConcatDim, FilePattern, ReferenceRecipe
-from forge.build.references import INPUTS_ATTR, open_references
-from forge.build.stages import run_spec_for
+from forge.engine.references import REFERENCED_INPUTS_ATTR, open_references
+from forge.engine.stages import run_spec_for
 from forge.errors import RecipeError
 from forge.port.feedstock import port_path
 from forge.publish import icechunk as ic
@@ -38,7 +38,7 @@ NCEI = "https://www.ncei.noaa.gov/"
 def assert_references_match(url: str, sources: list[Path], n: int) -> None:
     """The references read what the first ``n`` sources hold, and say how many inputs they reference."""
     refs = open_references(url).load()
-    assert refs.attrs.pop(INPUTS_ATTR) == n
+    assert refs.attrs.pop(REFERENCED_INPUTS_ATTR) == n
     refs.attrs = {k: v for k, v in refs.attrs.items() if not k.startswith("forge:")}
     assert_same_dataset(refs, open_sources(sorted(sources)[:n]))
 

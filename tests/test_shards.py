@@ -10,11 +10,11 @@ import pytest
 import xarray as xr
 
 from forge import ConcatDim, FilePattern, XarrayZarrRecipe
-from forge.build.append import plan_append
-from forge.build.caching import cache_batch, plan_cache
-from forge.build.stages import prepare
-from forge.build.target import open_group
-from forge.build.writers import store_batch
+from forge.engine.append import plan_append
+from forge.engine.caching import cache_batch, plan_cache
+from forge.engine.stages import prepare
+from forge.engine.target import open_group
+from forge.engine.writers import store_batch
 from forge.errors import RecipeError
 from forge.publish.icechunk import published_session
 from forge.replicas.oisst import oisst_url

@@ -24,12 +24,12 @@ from typing import Any
 import pystac
 import xarray as xr
 
-from forge.build.references import INPUTS_ATTR, open_references
-from forge.build.target import COMPLETE_ATTR, published_store
-from forge.build.types import RunSpec
 from forge.catalog.page import Entry, catalog_page, open_snippets
 from forge.catalog.pictures import health_png, main_variables, quicklook_png
 from forge.catalog.stac import StoreInfo, collection_for, item_for
+from forge.engine.references import REFERENCED_INPUTS_ATTR, open_references
+from forge.engine.target import COMPLETE_ATTR, published_store
+from forge.engine.types import RunSpec
 from forge.errors import RecipeError
 from forge.events.staleness import describe as freshness
 from forge.io.storage import Storage, join, zarr_store
@@ -91,7 +91,7 @@ def _opened(url: str, fmt: str) -> xr.Dataset:
     """The store as readers see it, its chunks readable: an Icechunk repository of references is
     opened with its virtual chunk containers authorized."""
     ds = open_published(url, fmt)
-    return open_published(url, fmt, references=True) if INPUTS_ATTR in ds.attrs else ds
+    return open_published(url, fmt, references=True) if REFERENCED_INPUTS_ATTR in ds.attrs else ds
 
 
 def _relative(url: str, start: str) -> str:
@@ -109,7 +109,7 @@ def _store_info(url: str, fmt: str, version: str | None, collection_dir: str, ds
         consolidated=fmt == "zarr",
         version=version,
         provenance={k: ds.attrs.get(k) for k in PROVENANCE},
-        references=INPUTS_ATTR in ds.attrs,
+        references=REFERENCED_INPUTS_ATTR in ds.attrs,
     )
 
 

@@ -13,10 +13,10 @@ import fsspec
 import xarray as xr
 import yaml
 
-from forge.build.stages import run_spec_for
 from forge.catalog.catalog import open_published
 from forge.check.cf import check_cf
 from forge.check.layout import layout_warnings
+from forge.engine.stages import run_spec_for
 from forge.errors import ForgeError
 from forge.io.secrets import Lookup, env_lookup
 from forge.io.storage import join

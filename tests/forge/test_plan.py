@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forge.build.plan import batch_chunks, chunk_writes, split_evenly
+from forge.engine.plan import batch_chunks, chunk_writes, split_evenly
 
 lengths_st = st.lists(st.integers(1, 7), min_size=1, max_size=40)
 

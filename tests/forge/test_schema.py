@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from forge.build.schema import combine, share_equal_parts, summarize
+from forge.engine.schema import combine, share_equal_parts, summarize
 from forge.io.openers import InputError
 from forge.recipe.patterns import Key
 from forge.testing import make_dataset

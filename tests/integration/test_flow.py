@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from flows.recipe import recipe as recipe_flow
-from forge.build.types import RunSpec
+from forge.engine.types import RunSpec
 from forge.recipe.loading import load_recipe
 from forge.run import run_locally
 from forge.testing import (

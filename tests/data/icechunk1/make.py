@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from forge.build.stages import run_spec_for
+from forge.engine.stages import run_spec_for
 from forge.recipe.loading import load_recipe
 from forge.replicas.server import SourceServer
 from forge.run import run_locally

@@ -21,10 +21,10 @@ import fsspec
 import numpy as np
 import xarray as xr
 
-from forge.build.append import available_prefix, new_inputs
-from forge.build.caching import plan_cache
-from forge.build.target import COMPLETE_ATTR
-from forge.build.types import CacheBatch, RunSpec
+from forge.engine.append import available_prefix, new_inputs
+from forge.engine.caching import plan_cache
+from forge.engine.target import COMPLETE_ATTR
+from forge.engine.types import CacheBatch, RunSpec
 from forge.errors import ForgeError, RecipeError
 from forge.io.s3_options import S3Options
 from forge.io.secrets import Lookup, env_lookup
@@ -32,7 +32,7 @@ from forge.publish.validate import check_coordinate, check_no_retraction
 from forge.recipe.patterns import Key
 from forge.recipe.recipes import ReferenceRecipe
 
-INPUTS_ATTR = "forge:referenced_inputs"  # concat positions the store references, for appends
+REFERENCED_INPUTS_ATTR = "forge:referenced_inputs"  # concat positions the store references, for appends
 SOURCE_OPTIONS_ATTR = "forge:source_storage_options"  # s3fs options to read the sources (no credentials)
 NO_OPTIONS = S3Options()
 
@@ -141,7 +141,7 @@ def check_even_chunks(recipe: ReferenceRecipe, members: Sequence[tuple[Key, xr.D
                 )
 
 
-def combine(recipe: ReferenceRecipe, refs: Sequence[tuple[Key, xr.Dataset]]) -> xr.Dataset:
+def combine_references(recipe: ReferenceRecipe, refs: Sequence[tuple[Key, xr.Dataset]]) -> xr.Dataset:
     """The inputs' virtual datasets as one: concatenated along the concat dimension (in key order),
     stacked along a second ConcatDim, merged across merge dimensions."""
     concat, stack = recipe.concat_dim, recipe.stack_dim
@@ -174,7 +174,7 @@ def _concat(datasets: Sequence[xr.Dataset], dim: str, attrs: str = "drop_conflic
 def _attrs(recipe: ReferenceRecipe, run: RunSpec, source: dict, n_inputs: int) -> dict:
     """The store's attributes: the inputs', the recipe's, and forge's (the catalog lists a store that
     says it is complete)."""
-    attrs = {**source, **recipe.attrs, INPUTS_ATTR: n_inputs, "forge:recipe_id": run.recipe_id}
+    attrs = {**source, **recipe.attrs, REFERENCED_INPUTS_ATTR: n_inputs, "forge:recipe_id": run.recipe_id}
     attrs[COMPLETE_ATTR] = True
     if run.version:
         attrs["forge:version"] = attrs["forge:dataset_version"] = run.version
@@ -199,7 +199,7 @@ def write_references(
     then ``main`` moved only if no other run moved it, with the run's ``provenance`` in the commit's
     metadata); kerchunk references are written whole, in one write, after the new ones are combined
     with what the target already references."""
-    vds = combine(recipe, refs)
+    vds = combine_references(recipe, refs)
     concat = recipe.concat_dim
     before = run.append_from or 0
     n_new = len({key[concat] for key, _ in refs}) if concat else len(refs)
@@ -340,7 +340,7 @@ def _write_icechunk(
     if append_dim:  # to_icechunk wrote the new inputs' attributes
         zarr.open_group(session.store, mode="r+").attrs.put(agreed(before, vds.attrs))
     kind = "append" if append_dim else "build"
-    held = vds.attrs[INPUTS_ATTR]
+    held = vds.attrs[REFERENCED_INPUTS_ATTR]
     metadata = ic.run_metadata(kind, run.recipe_id, provenance, n_new, held, run.append_from)
     message = f"{run.recipe_id}: {kind}, references to {held} inputs"
     return ic.commit_and_publish(txn, session, message, metadata)
@@ -366,7 +366,7 @@ def referenced_inputs(run: RunSpec) -> int | None:
         ds = open_references(run.target_url)
     except FileNotFoundError:
         return None
-    return int(ds.attrs.get(INPUTS_ATTR, 0))
+    return int(ds.attrs.get(REFERENCED_INPUTS_ATTR, 0))
 
 
 def plan_reference_append(

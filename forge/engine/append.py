@@ -22,9 +22,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from forge.build.caching import source_probe
-from forge.build.schema import InputSummary, Template, VariableSpec
-from forge.build.target import (
+from forge.engine.caching import source_probe
+from forge.engine.schema import InputSummary, Template, VariableSpec
+from forge.engine.target import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
     INPUTS_ATTR,
@@ -39,9 +39,9 @@ from forge.build.target import (
     stack_of,
     write_coordinate,
 )
-from forge.build.times import decode_times, exact_encoding, is_time_units
-from forge.build.types import RunSpec, TargetSpec, WriteBatch
-from forge.build.writers import write_units
+from forge.engine.times import decode_times, exact_encoding, is_time_units
+from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.writers import write_units
 from forge.errors import ForgeError
 from forge.io.storage import Storage
 from forge.publish import icechunk as icechunk_target

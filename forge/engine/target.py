@@ -24,13 +24,13 @@ import xarray as xr
 import zarr
 
 from forge._version import __version__
-from forge.build.acceptance import ReadersView, publish_metadata, run_checks
-from forge.build.caching import opened
-from forge.build.chunking import dynamic_chunks
-from forge.build.plan import Stack, batch_chunks, chunk_writes, default_chunk
-from forge.build.schema import InputSummary, Template, VariableSpec, combine, merge_part
-from forge.build.times import exact_encoding, is_time_units
-from forge.build.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.acceptance import ReadersView, publish_metadata, run_checks
+from forge.engine.caching import opened
+from forge.engine.chunking import dynamic_chunks
+from forge.engine.plan import Stack, batch_chunks, chunk_writes, default_chunk
+from forge.engine.schema import InputSummary, Template, VariableSpec, combine, merge_part
+from forge.engine.times import exact_encoding, is_time_units
+from forge.engine.types import RunSpec, TargetSpec, WriteBatch
 from forge.errors import RecipeCodeError, RecipeError
 from forge.io.storage import Storage, zarr_store
 from forge.publish import icechunk as icechunk_target

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from forge.build.plan import ChunkWrite, Stack
-from forge.build.schema import VariableSpec
+from forge.engine.plan import ChunkWrite, Stack
+from forge.engine.schema import VariableSpec
 from forge.io.storage import join
 from forge.publish.icechunk import Transaction
 from forge.publish.validate import HEALTH_STEPS, Checks

@@ -21,11 +21,11 @@ import xarray as xr
 import zarr
 from xarray.conventions import encode_cf_variable
 
-from forge.build.caching import opened
-from forge.build.plan import ChunkWrite, Stack
-from forge.build.schema import VariableSpec
-from forge.build.target import open_group
-from forge.build.types import TargetSpec, WriteBatch
+from forge.engine.caching import opened
+from forge.engine.plan import ChunkWrite, Stack
+from forge.engine.schema import VariableSpec
+from forge.engine.target import open_group
+from forge.engine.types import TargetSpec, WriteBatch
 from forge.errors import RecipeCodeError
 from forge.io.openers import RawInput
 from forge.io.storage import Storage

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from forge.build.times import unify_time_encoding
+from forge.engine.times import unify_time_encoding
 from forge.io.openers import InputError
 from forge.recipe.patterns import Key
 

@@ -10,12 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forge.build.append import commit_coordinate, plan_append, prepare_append
-from forge.build.caching import cache_batch, plan_cache, source_probe
-from forge.build.schema import InputSummary
-from forge.build.target import finalize_target, prepare_target
-from forge.build.types import RunSpec, TargetSpec, WriteBatch
-from forge.build.writers import BatchStats, store_batch
+from forge.engine.append import commit_coordinate, plan_append, prepare_append
+from forge.engine.caching import cache_batch, plan_cache, source_probe
+from forge.engine.schema import InputSummary
+from forge.engine.target import finalize_target, prepare_target
+from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.writers import BatchStats, store_batch
 from forge.errors import RecipeError
 from forge.io.storage import absolute
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
@@ -96,7 +96,7 @@ def finalize(
 ) -> dict:
     """Publish the store: on a Zarr store an append's coordinate, then provenance, the complete flag and
     the consolidated metadata (the commit point readers see); on an Icechunk target, one commit of what
-    the store batches wrote (:func:`forge.build.target.finalize_target`). The batches' statistics of the
+    the store batches wrote (:func:`forge.engine.target.finalize_target`). The batches' statistics of the
     newest steps become the store's health record."""
     if target.new_coordinate is not None and not target.complete:
         commit_coordinate(target)
