@@ -10,8 +10,8 @@ from typing import Any
 
 from prefect.events import emit_event
 
-from flows.receiver import recipe_resource
 from forge.events.staleness import UPDATED, duration
+from forge.events.triggers import recipe_resource
 
 AUTOMATION_PREFIX = "forge: stale "
 

@@ -17,8 +17,8 @@ import yaml
 
 from flows.alerts import install_staleness_automations
 from flows.bakery import DEPLOYMENTS, base_job_template, get_bakery, job_variables, load_bakeries
-from flows.receiver import OBJECTS_LANDED, recipe_resource
-from forge.events.triggers import rules_from_meta
+from flows.receiver import OBJECTS_LANDED
+from forge.events.triggers import recipe_resource, rules_from_meta
 from forge.recipe.loading import list_recipes
 
 ROOT = DEPLOYMENTS.parent

@@ -28,6 +28,7 @@ from forge.events.triggers import (
     TriggerRule,
     Unauthorized,
     check_token,
+    recipe_resource,
     route,
     rules_from_meta,
 )
@@ -41,11 +42,6 @@ MAX_HANDSHAKE = 16 << 10  # what an unauthenticated request may send: an Event G
 LISTED_OBJECTS = 100  # names carried in one event's payload (the count is always exact)
 
 Emit = Callable[[str, list[ObjectCreated]], Awaitable[None]]
-
-
-def recipe_resource(recipe_id: str) -> dict[str, str]:
-    """The Prefect resource a recipe's events are about (the automation matches on its id)."""
-    return {"prefect.resource.id": f"forge.recipe.{recipe_id}", "prefect.resource.name": recipe_id}
 
 
 def load_rules() -> list[TriggerRule]:

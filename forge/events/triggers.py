@@ -17,6 +17,12 @@ from typing import Any
 from forge.events.notifications import ObjectCreated
 
 
+def recipe_resource(recipe_id: str) -> dict[str, str]:
+    """The Prefect resource a recipe's events are about (automations match on its id): new source
+    files (the receiver's), new data published (a run's)."""
+    return {"prefect.resource.id": f"forge.recipe.{recipe_id}", "prefect.resource.name": recipe_id}
+
+
 class TriggerConfigError(ValueError):
     pass
 
