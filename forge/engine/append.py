@@ -28,6 +28,8 @@ from forge.engine.target import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
     INPUTS_ATTR,
+    PROVISIONAL,
+    PROVISIONAL_ATTRS,
     checks_for,
     combine_inputs,
     digest_inputs,
@@ -35,12 +37,13 @@ from forge.engine.target import (
     open_group,
     pending_marker,
     plan_write_batches,
+    provisional_flags,
     published_group,
     stack_of,
     write_coordinate,
 )
 from forge.engine.times import decode_times, exact_encoding, is_time_units
-from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.types import RunSpec, TargetSpec, WriteBatch, cache_key
 from forge.engine.writers import write_units
 from forge.errors import ForgeError
 from forge.io.storage import Storage
@@ -212,7 +215,7 @@ def check_compatible(group: zarr.Group, template: Template, first_url: str) -> N
     problems = []
     new = {v.name: v for v in template.variables}
     for name, arr in group.arrays():
-        if dim in dims_of(arr) and name not in new:
+        if dim in dims_of(arr) and name not in new and name != PROVISIONAL:  # forge's, not the inputs'
             problems.append(f"variable {name!r} is in the store but not in the new inputs")
     missing = [v.name for v in template.variables if v.name not in group]
     problems += [f"variable {name!r} is new at the source (the store does not have it)" for name in missing]
@@ -281,6 +284,10 @@ def prepare_append(
     else:
         state = read_state(run.target_url, dim)
         group = open_group(run.target_url)
+    if run.append_from is not None and run.append_from < state.concat_inputs:
+        # Provisional steps replaced: the append starts at the first of them, as if the store ended there.
+        nitems = recipe.pattern.concat_dim.nitems_per_file or 1
+        state = replace(state, concat_inputs=run.append_from, length=run.append_from * nitems)
     if state.pending:  # a crash may have resized some arrays and not others: back to the recorded start
         if state.coordinate:
             _restore_array(Storage(run.target_url), dim, state.coordinate)
@@ -294,6 +301,12 @@ def prepare_append(
     check_compatible(group, template, first_url)
     new_values = np.asarray(template.concat_values)
     stored = group[dim][: state.length]
+    flags = None
+    if recipe.pattern.provisional is not None:
+        held = np.asarray(group[PROVISIONAL][: state.length], bool) if PROVISIONAL in group else None
+        new_flags = provisional_flags(ordered, template)
+        if held is not None or new_flags.any():  # a store of final files only has none
+            flags = (held if held is not None else np.zeros(state.length, bool), new_flags)
     check_continuity(stored_coordinate(group, dim, state.length, stored), new_values, dim, first_url)
     encoded = encode_coordinate(group, dim, new_values, first_url)
 
@@ -307,6 +320,8 @@ def prepare_append(
             "from_length": state.length,
             "coordinate": state.coordinate or _record_array(Storage(run.target_url), dim, stored),
         }
+        if flags is not None:
+            marker["provisional"] = flags[0].tolist()
         storage, key = pending_marker(run.target_url)
         storage.write_text(key, json.dumps(marker))
     # On a Zarr store the coordinate keeps its length until the commit (finalize rewrites it in one
@@ -314,13 +329,15 @@ def prepare_append(
     chunk = None
     for name, arr in group.arrays():
         dims = dims_of(arr)
-        if dim in dims and name != dim:
+        if dim in dims and name not in (dim, PROVISIONAL):  # those two are written whole at the commit
             axis = dims.index(dim)
             arr.resize(tuple(total if i == axis else n for i, n in enumerate(arr.shape)))
             chunk = chunk or write_units(arr)[axis]
     sessions = []
     if transaction is not None:  # nobody reads the run's branch: the coordinate is written now
         write_coordinate(group, dim, np.concatenate([stored, encoded]))
+        if flags is not None:
+            write_flags(group, dim, np.concatenate(flags))
         session.commit(f"{run.recipe_id}: template", metadata={"forge:stage": "prepare"})
         sessions = icechunk_target.fork(transaction, n_write_batches(recipe, run.workers))
     batches = plan_write_batches(
@@ -349,6 +366,7 @@ def prepare_append(
         concat_inputs=concat_inputs,
         appended=n_new,
         new_coordinate=encoded if transaction is None else None,
+        new_provisional=flags[1] if flags is not None and transaction is None else None,
         checks=checks_for(recipe, run, template),
         stack=stack_of(template),
         transaction=transaction,
@@ -364,11 +382,27 @@ def commit_coordinate(target: TargetSpec) -> None:
     record = json.loads(storage.read_text(key) or "{}").get("coordinate")
     if record is None:
         raise AppendError(f"{target.url}: the append's marker is gone; run the append again")
+    marker = json.loads(storage.read_text(key) or "{}")
     _restore_array(Storage(target.url), target.concat_dim, record)
     stored = np.asarray(record["values"], dtype=target.new_coordinate.dtype)
-    write_coordinate(
-        open_group(target.url), target.concat_dim, np.concatenate([stored, target.new_coordinate])
-    )
+    group = open_group(target.url)
+    write_coordinate(group, target.concat_dim, np.concatenate([stored, target.new_coordinate]))
+    if target.new_provisional is not None:
+        held = np.asarray(marker.get("provisional", np.zeros(len(stored))), bool)
+        write_flags(group, target.concat_dim, np.concatenate([held, target.new_provisional]))
+
+
+def write_flags(group: zarr.Group, dim: str, flags: np.ndarray) -> None:
+    """The store's ``provisional`` flags, whole, in one chunk (made if the store, built before its
+    pattern had provisional files, has none)."""
+    if PROVISIONAL not in group:
+        v3 = group.metadata.zarr_format == 3
+        attrs = dict(PROVISIONAL_ATTRS, **({} if v3 else {"_ARRAY_DIMENSIONS": [dim]}))
+        extra = {"dimension_names": [dim]} if v3 else {}
+        group.create_array(
+            PROVISIONAL, shape=flags.shape, chunks=flags.shape, dtype=bool, attributes=attrs, **extra
+        )
+    write_coordinate(group, PROVISIONAL, flags)
 
 
 def _record_array(storage: Storage, name: str, values: np.ndarray) -> dict[str, Any]:
@@ -381,7 +415,10 @@ def _restore_array(storage: Storage, name: str, record: dict[str, Any]) -> None:
     for doc, text in record["documents"].items():
         storage.write_text(f"{name}/{doc}", text)
     arr = open_group(storage.root)[name]
-    arr[:] = np.asarray(record["values"], dtype=arr.dtype)
+    values = np.asarray(record["values"], dtype=arr.dtype)
+    if arr.shape != values.shape:  # an append that replaces provisional steps recorded fewer values
+        arr.resize(values.shape)
+    arr[:] = values
 
 
 def plan_append(
@@ -396,13 +433,72 @@ def plan_append(
     state = read_state(run.target_url, recipe.concat_dim, run.target_format)
     if state.pending:
         logger.warning("%s has an interrupted append: finishing it first", run.target_url)
-    positions = new_inputs(recipe.pattern, state.concat_dim, state.concat_inputs)
-    n = available_prefix(positions, exists or source_probe(recipe, run))
+    exists = exists or source_probe(recipe, run)
+    start = state.concat_inputs
+    if recipe.pattern.provisional is not None:
+        start = min(start, first_final_again(recipe, run, state, exists))
+        # A key not out yet as a final file may be out as a provisional one.
+        finals = {url: recipe.pattern.provisional_url(key) for key, url in recipe.pattern.items()}
+        exists = _or_provisional(exists, finals)
+    positions = new_inputs(recipe.pattern, state.concat_dim, start)
+    n = available_prefix(positions, exists)
     if n < len(positions):
         logger.info("the source has nothing from %s on yet: appending up to there", positions[n][0])
         # Pruning the concat dimension there keeps every later stage within what the source has.
-        run = replace(run, prune=state.concat_inputs + n)
-    return replace(run, append_from=state.concat_inputs), [url for urls in positions[:n] for url in urls]
+        run = replace(run, prune=start + n)
+    return replace(run, append_from=start), [url for urls in positions[:n] for url in urls]
+
+
+def _or_provisional(
+    exists: Callable[[str], bool], provisional_of: dict[str, str | None]
+) -> Callable[[str], bool]:
+    def either(url: str) -> bool:
+        other = provisional_of.get(url)
+        return exists(url) or (other is not None and exists(other))
+
+    return either
+
+
+def first_final_again(
+    recipe: XarrayZarrRecipe, run: RunSpec, state: StoreState, exists: Callable[[str], bool]
+) -> int:
+    """The first stored provisional step whose final file is out now (the store's end if none): an
+    append rewrites from there. A provisional step with neither file at the source any more is kept
+    from the cache, and said; one the cache lost too stops the replacement before it."""
+    group = published_group(run.target_url, run.target_format)
+    if group is None or PROVISIONAL not in group:
+        return state.concat_inputs
+    nitems = recipe.pattern.concat_dim.nitems_per_file
+    flags = np.asarray(group[PROVISIONAL][: state.length], dtype=bool)
+    flagged = sorted({int(i) // nitems for i in np.flatnonzero(flags)})
+    by_position: dict[int, list] = {}
+    for key in recipe.pattern:
+        if key[state.concat_dim] in flagged:
+            by_position.setdefault(key[state.concat_dim], []).append(key)
+    cache = Storage(run.cache_root)
+    start = state.concat_inputs
+    for position in reversed(flagged):
+        keys = by_position.get(position, [])
+        finals = [recipe.pattern[k] for k in keys]
+        if keys and all(exists(url) for url in finals):
+            start = position
+            continue
+        provisional = [recipe.pattern.provisional_url(k) for k in keys]
+        if keys and not any(exists(url) for url in provisional):
+            if all(cache.exists(cache_key(url)) for url in provisional):
+                logger.warning(
+                    "%s: neither the final nor the provisional file is at the source any more; the "
+                    "provisional one is kept (from the cache)",
+                    finals[0],
+                )
+            else:
+                logger.warning(
+                    "%s: neither the final nor the provisional file is at the source, nor in the cache: "
+                    "the stored provisional step is kept as it is, and those before it too",
+                    finals[0],
+                )
+                break
+    return start
 
 
 def describe_append(

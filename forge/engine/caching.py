@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -38,7 +39,10 @@ def plan_cache(recipe: XarrayZarrRecipe, run: RunSpec, stage: str = "cache") -> 
         if run.append_from and concat and key[concat] < run.append_from:
             continue  # already in the store
         fetch_url = rewrite_url(url, run.url_rewrites)
-        by_host.setdefault(host_of(fetch_url), []).append(CacheItem(key, url, fetch_url))
+        provisional = recipe.pattern.provisional_url(key)
+        provisional_fetch = rewrite_url(provisional, run.url_rewrites) if provisional else None
+        item = CacheItem(key, url, fetch_url, provisional, provisional_fetch)
+        by_host.setdefault(host_of(fetch_url), []).append(item)
     batches = []
     for host, items in by_host.items():
         n = n_cache_batches(len(items), recipe.max_concurrency_per_host, recipe.cache_batch_size)
@@ -80,30 +84,41 @@ def fetch_missing(
         return 0
     access = source_access(recipe, lookup)
     staging = storage.staging_dir()
-    t0, total = time.perf_counter(), 0
+    t0, total, fetched = time.perf_counter(), 0, 0
     # One session per batch: a batch's inputs come from one host, so connections (and TLS) are reused.
     with SourceSession(access) as session:
         for item in missing:
-            display = source_text(item.url, item.fetch_url)
-            tmp = make_temp_path(staging, item.cache_key)
+            url, fetch_url, key = item.url, item.fetch_url, item.cache_key
+            if item.provisional_url and not source_exists(
+                fetch_url, display_url=source_text(url, fetch_url), access=access, session=session
+            ):  # no final file yet: its provisional one (cached already, or fetched now)
+                url, fetch_url, key = (
+                    item.provisional_url,
+                    item.provisional_fetch_url,
+                    item.provisional_cache_key,
+                )
+                if storage.exists(key):
+                    continue
+            display = source_text(url, fetch_url)
+            tmp = make_temp_path(staging, key)
             try:
-                size = download(item.fetch_url, tmp, display_url=display, access=access, session=session)
+                size = download(fetch_url, tmp, display_url=display, access=access, session=session)
                 check_magic(tmp, recipe.pattern.file_type, display)
-                storage.put_file_atomic(tmp, item.cache_key)
+                storage.put_file_atomic(tmp, key)
             finally:
                 tmp.unlink(missing_ok=True)
-            total += size
+            total, fetched = total + size, fetched + 1
             # Per input at DEBUG only: on Prefect every INFO record is a row in its database.
             logger.debug("cached %s (%d bytes)", display, size)
     logger.info(
         "%s: cached %d inputs (%.1f MB) from %s in %.1fs",
         batch.label,
-        len(missing),
+        fetched,
         total / 1e6,
         batch.host,
         time.perf_counter() - t0,
     )
-    return len(missing)
+    return fetched
 
 
 def source_text(url: str, fetch_url: str) -> str:
@@ -172,10 +187,14 @@ def summarize_batch(recipe: XarrayZarrRecipe, run: RunSpec, batch: CacheBatch) -
     # Inputs may repeat variables along the concat dimension (bounds): merged or stacked ones
     merged = bool(recipe.pattern.merge_dims) or recipe.stack_dim is not None
     for item in batch.items:
-        size = 0 if reads_in_place(recipe) else storage.size(item.cache_key)
-        location = location_of(recipe, item)
-        with opened(recipe, storage, location, item.url) as ds:
-            out.append(summarize(ds, item.key, item.url, location, size, recipe.concat_dim, merged))
+        location, url = location_of(recipe, item), item.url
+        provisional = item.provisional_url is not None and not storage.exists(location)
+        if provisional:  # its final file is not there yet (fetch_missing took the provisional one)
+            location, url = item.provisional_cache_key, item.provisional_url
+        size = 0 if reads_in_place(recipe) else storage.size(location)
+        with opened(recipe, storage, location, url) as ds:
+            summary = summarize(ds, item.key, url, location, size, recipe.concat_dim, merged)
+        out.append(dataclasses.replace(summary, provisional=True) if provisional else summary)
     return share_equal_parts(out)
 
 

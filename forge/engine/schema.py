@@ -50,6 +50,7 @@ class InputSummary:
     # find the same one in several inputs, and keeps it once if they agree. Kept apart from ``variables``,
     # which inputs of one product share.
     concat_digests: dict[str, str] = field(default_factory=dict)
+    provisional: bool = False  # read from the key's provisional file: its final one is not there yet
 
     def variable(self, name: str) -> VariableSummary | None:
         return next((v for v in self.variables if v.name == name), None)

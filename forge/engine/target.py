@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 COMPLETE_ATTR = "forge:complete"
 FINGERPRINT_ATTR = "forge:fingerprint"
 INPUTS_ATTR = "forge:concat_inputs"  # concat positions the store holds: where an append starts
+# A pattern with provisional files: which steps come from one (True) and will be replaced by its final
+PROVISIONAL = "provisional"
+PROVISIONAL_ATTRS = {"long_name": "read from the provisional file: replaced once the final file is out"}
 # Two, not one: a worker that finishes early takes another batch while a slower one still writes.
 WRITE_BATCHES_PER_WORKER = 2
 
@@ -184,6 +187,15 @@ def concat_coordinate(
         raise AssertionError(f"{spec.name!r}: {units!r} does not hold the values exactly")
     attrs = {**spec.attrs, "units": units, "calendar": calendar}
     return xr.Variable(spec.dims, num, attrs=attrs), {"dtype": num.dtype, "_FillValue": None}
+
+
+def provisional_flags(summaries: Sequence[InputSummary], template: Template) -> np.ndarray:
+    """For each step of the concat dimension: whether it comes from a provisional file (any of its
+    merge parts)."""
+    concat = template.concat_dim
+    flagged = {s.key[concat] for s in summaries if s.provisional}
+    positions = sorted({s.key[concat] for s in summaries})
+    return np.repeat([p in flagged for p in positions], template.lengths).astype(bool)
 
 
 def write_coordinate(group: zarr.Group, name: str, values: np.ndarray) -> None:
@@ -398,6 +410,10 @@ def prepare_target(
         length = published[template.concat_dim].shape[0] if template.concat_dim in (published or {}) else 0
         check_template(run, template, existing, length)
         ds = _template_dataset(recipe, run, template, summaries, chunk)
+        flags = provisional_flags(summaries, template) if recipe.pattern.provisional else None
+        if flags is not None and flags.any():  # a store of final files only has none (until it has one)
+            ds = ds.assign_coords({PROVISIONAL: (template.concat_dim, flags, PROVISIONAL_ATTRS)})
+            ds[PROVISIONAL].encoding = {"chunks": (len(flags),)}
         if run.transactional:
             transaction, session = icechunk_target.begin(url)
             store = session.store

@@ -66,10 +66,17 @@ class CacheItem:
     key: Key
     url: str  # as in the recipe
     fetch_url: str  # after URL rewrites (a mirror or local replica)
+    # The key's provisional file, where the pattern has them: read when the final one is not there yet.
+    provisional_url: str | None = None
+    provisional_fetch_url: str | None = None
 
     @property
     def cache_key(self) -> str:
         return cache_key(self.url)
+
+    @property
+    def provisional_cache_key(self) -> str | None:
+        return cache_key(self.provisional_url) if self.provisional_url else None
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,9 @@ class TargetSpec:
     # finalize moves it here once it is complete.
     publish_to: str | None = None
     dataset_version: str | None = None  # "MAJOR.MINOR" the store holds once published
+    # A pattern with provisional files: the store's ``provisional`` flags along the concat dimension
+    # from where this run writes (an append writes them at its commit, like the coordinate).
+    new_provisional: np.ndarray | None = None
     stack: Stack | None = None  # inputs stacked along a second ConcatDim
 
     @property

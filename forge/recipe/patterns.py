@@ -126,6 +126,11 @@ class FilePattern:
         Hosts that may receive the credentials when a source redirects there (a login server). By
         default credentials go only to the origin (scheme, host, port) of the URL requested, and are
         dropped on a redirect elsewhere (a signed object-store URL needs none).
+    provisional
+        A second format function, for the provisional file of a key (OISST's ``_preliminary`` days,
+        ERA5T): a key is stored from its final file where that exists, else from its provisional one,
+        and flagged in the store's ``provisional`` coordinate; every append first replaces the
+        provisional steps whose final file has appeared.
     """
 
     format_function: Callable[..., str]
@@ -134,6 +139,7 @@ class FilePattern:
     query_string_secrets: Mapping[str, str] = field(default_factory=dict)
     file_type: str = "netcdf4"
     trusted_redirect_hosts: tuple[str, ...] = ()
+    provisional: Callable[..., str] | None = None
 
     def __init__(
         self,
@@ -144,6 +150,7 @@ class FilePattern:
         file_type: str = "netcdf4",
         trusted_redirect_hosts: Sequence[str] = (),
         is_opendap: bool = False,
+        provisional: Callable[..., str] | None = None,
     ) -> None:
         names = [d.name for d in combine_dims]
         if len(set(names)) != len(names):
@@ -176,6 +183,9 @@ class FilePattern:
             file_type = FileType.opendap
         object.__setattr__(self, "file_type", str(file_type))  # a FileType is stored by its name
         object.__setattr__(self, "trusted_redirect_hosts", tuple(trusted_redirect_hosts))
+        if provisional is not None and not callable(provisional):
+            raise TypeError(f"provisional must be a format function like {format_function.__name__}")
+        object.__setattr__(self, "provisional", provisional)
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -212,6 +222,12 @@ class FilePattern:
         kwargs = {d.name: d.keys[key[d.name]] for d in self.combine_dims}
         return self.format_function(**kwargs)
 
+    def provisional_url(self, key: Key) -> str | None:
+        """The provisional file of ``key`` (None: the pattern has none)."""
+        if self.provisional is None:
+            return None
+        return self.provisional(**{d.name: d.keys[key[d.name]] for d in self.combine_dims})
+
     def items(self) -> Iterator[tuple[Key, str]]:
         for key in self.keys():
             yield key, self[key]
@@ -236,6 +252,7 @@ class FilePattern:
             query_string_secrets=self.query_string_secrets,
             file_type=self.file_type,
             trusted_redirect_hosts=self.trusted_redirect_hosts,
+            provisional=self.provisional,
         )
 
     def sha256(self) -> str:
@@ -244,6 +261,8 @@ class FilePattern:
         h.update(repr((self.dims, self.file_type, sorted(self.query_string_secrets))).encode())
         for key, url in self.items():
             h.update(f"{key.label}={url}\n".encode())
+            if self.provisional is not None:
+                h.update(f"{key.label}~{self.provisional_url(key)}\n".encode())
         return h.hexdigest()
 
 

@@ -157,6 +157,17 @@ class XarrayZarrRecipe(_OverPattern):
     xarray_concat_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.pattern.provisional is not None:
+            concat = self.pattern.concat_dim
+            if concat is None or concat.nitems_per_file is None or self.pattern.stack_dim is not None:
+                raise RecipeError(
+                    "provisional files need one ConcatDim with nitems_per_file given (an append finds the "
+                    "steps to replace by position)"
+                )
+            if get_opener(self.pattern.file_type).in_place:
+                raise RecipeError(
+                    f"provisional files are cached, not read in place ({self.pattern.file_type})"
+                )
         if self.zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, not {self.zarr_format!r}")
         if self.target_format not in TARGET_FORMATS:
@@ -273,6 +284,8 @@ class ReferenceRecipe(_OverPattern):
             raise RecipeError(
                 f"references can point into netcdf4, hdf5 or netcdf3 files, not {self.pattern.file_type}"
             )
+        if self.pattern.provisional is not None:
+            raise RecipeError("reference recipes do not take provisional files (copy them: XarrayZarrRecipe)")
         if self.pattern.query_string_secrets or self.pattern.fsspec_open_kwargs:
             raise RecipeError(
                 "a reference store is read without the recipe's credentials: its sources must be public "

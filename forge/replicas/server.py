@@ -157,7 +157,8 @@ class SourceServer:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a body after a HEAD answer would be read as the next answer
+                    self.wfile.write(body)
 
             def do_HEAD(self) -> None:
                 self.do_GET()

@@ -35,10 +35,13 @@ def test_cli_runs_the_pruned_recipe_against_the_replica(tmp_path: Path, prefect_
         text=True,
         cwd=Path(__file__).parents[2],
     )
-    assert listed.stdout.splitlines() == [
+    lines = listed.stdout.splitlines()
+    assert lines[:2] == [
         "noaa-oisst  NOAA Optimum Interpolation SST v2.1 (AVHRR), daily",
         f"  1981-09-01 to 1981-09-03; zarr: {url}",
     ], listed.stdout + listed.stderr
+    # on its daily schedule: updated just now
+    assert len(lines) == 3 and lines[2].startswith("  last update ") and "on schedule" in lines[2], lines
     sources = sorted((replica / "720x1440").rglob("*.nc"))
     assert len(sources) == 3
     assert_store_matches(url, sources)
