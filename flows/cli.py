@@ -29,16 +29,20 @@ def local_replica(
     delay: float | None = None,
     bytes_per_second: float | None = None,
     last_day: str | None = None,
+    today: str | None = None,
 ) -> Iterator[str]:
     """Serve the OISST replica on loopback, optionally throttled like a busy source server, optionally
-    with nothing after ``last_day`` (as if NOAA had not released it yet)."""
+    with nothing after ``last_day`` (as if NOAA had not released it yet), as NCEI is on ``today``
+    (default: the real today; a later one shows preliminary days replaced by final ones)."""
     import pandas as pd
 
     from forge.replicas.oisst import OisstReplica
     from forge.replicas.server import SourceServer
 
     replica = OisstReplica(
-        Path(directory) if directory else None, last_day=pd.Timestamp(last_day) if last_day else None
+        Path(directory) if directory else None,
+        last_day=pd.Timestamp(last_day) if last_day else None,
+        today=pd.Timestamp(today) if today else None,
     )
     with SourceServer(
         generate=replica.generate, port=port, delay=delay or 0.0, bytes_per_second=bytes_per_second
@@ -60,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_recipe(args.recipe)  # a recipe that does not load fails here, before any server or cluster starts
     with contextlib.ExitStack() as stack:
         if args.local_replica:
-            url = stack.enter_context(local_replica(args.replica_dir))
+            url = stack.enter_context(local_replica(args.replica_dir, today=args.replica_today))
             rewrites.setdefault("https://www.ncei.noaa.gov/", url + "/")
             print(f"serving the OISST replica at {url}")
         if args.append and append_is_a_no_op(args, rewrites):
@@ -274,7 +278,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
     with contextlib.ExitStack() as stack:
         if args.local_replica:
-            url = stack.enter_context(local_replica(args.replica_dir))
+            url = stack.enter_context(local_replica(args.replica_dir, today=args.replica_today))
             rewrites.setdefault("https://www.ncei.noaa.gov/", url + "/")
         report = check_recipe(args.recipe, args.prune, rewrites)
     print("\n".join(report.lines()))
@@ -314,7 +318,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_replica(args: argparse.Namespace) -> int:
     with local_replica(
-        args.dir, args.port, delay=args.delay, bytes_per_second=args.bytes_per_second, last_day=args.last_day
+        args.dir,
+        args.port,
+        delay=args.delay,
+        bytes_per_second=args.bytes_per_second,
+        last_day=args.last_day,
+        today=args.today,
     ) as url:
         print(
             f"OISST replica at {url}/ (rewrite https://www.ncei.noaa.gov/={url}/); Ctrl-C to stop", flush=True
@@ -366,6 +375,9 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--local-replica", action="store_true", help="serve NOAA OISST from a local replica")
     parser.add_argument("--replica-dir", help="where the replica keeps its files")
+    parser.add_argument(
+        "--replica-today", metavar="YYYY-MM-DD", help="the replica's today: what NCEI has out (default: now)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--port", type=int, default=8080)
     rep.add_argument("--dir", help="where the replica keeps its files")
     rep.add_argument("--delay", type=float, help="throttle: seconds before each response")
+    rep.add_argument("--today", metavar="YYYY-MM-DD", help="what NCEI has out on that day (default: now)")
     rep.add_argument("--bytes-per-second", type=float, help="throttle: cap on each response's rate")
     rep.add_argument("--last-day", help="serve nothing after this day (YYYY-MM-DD), as if not released yet")
     rep.set_defaults(func=cmd_replica)

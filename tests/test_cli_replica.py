@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import xarray as xr
 
 from forge.replicas.oisst import OISST_ROOT, oisst_url
 from tests.integration.helpers import free_port
@@ -62,3 +63,32 @@ def test_append_dry_run_from_the_command_line_lists_what_the_source_has(tmp_path
     assert "19810903.nc" in out.stdout and "19810904.nc" in out.stdout
     assert "Prefect API" not in out.stdout, "answered without starting Prefect"
     assert sorted(p.name for p in target.rglob("*")) == before
+
+
+def test_the_replica_publishes_preliminary_days_and_replaces_them_as_ncei_does(tmp_path):
+    """On its today: a day's preliminary file from the next day on, its final file (and no preliminary
+    one) from fifteen days on; the OISST recipe asks for both kinds at the replica's paths."""
+    from urllib.parse import urlsplit
+
+    from forge.recipe.loading import load_recipe
+    from forge.replicas.oisst import OisstReplica
+
+    replica = OisstReplica(tmp_path, nlat=4, nlon=8, today=pd.Timestamp("1981-10-01"))
+
+    def out(day: str, preliminary: bool) -> bool:
+        path = urlsplit(oisst_url(pd.Timestamp(day), preliminary=preliminary)).path
+        return replica.generate(path) is not None
+
+    assert out("1981-09-16", False) and not out("1981-09-16", True)  # final: fifteen days on
+    assert not out("1981-09-17", False) and out("1981-09-17", True)  # preliminary until then
+    assert out("1981-09-30", True) and not out("1981-10-01", True)  # out the next day
+    prelim = xr.open_dataset(
+        replica.generate(urlsplit(oisst_url(pd.Timestamp("1981-09-20"), preliminary=True)).path)
+    )
+    assert prelim.attrs["title"].endswith("- Preliminary")
+    recipe = load_recipe("noaa-oisst")
+    key = next(iter(recipe.pattern))
+    assert recipe.pattern.provisional_url(key) == oisst_url(pd.Timestamp("1981-09-01"), preliminary=True)
+    assert recipe.pattern.concat_dim.keys[-1] == pd.Timestamp.now(tz="UTC").tz_localize(
+        None
+    ).normalize() - pd.Timedelta(days=1)

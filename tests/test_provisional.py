@@ -5,6 +5,7 @@ adds the new keys, in one publish (one commit on Icechunk)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,11 @@ def test_provisional_days_are_stored_flagged_and_replaced_by_their_final_files(s
     assert "/all_0010_preliminary.nc" not in fetched  # still provisional: read again from the cache
     if fmt == "icechunk":
         assert len(ic.history(run.target_url)) == commits + 1  # one commit: replacements and new days
+    # The catalog says how far each kind goes.
+    collection = json.loads((tmp_path / "target" / "demo" / "collection.json").read_text())
+    days = [str(t)[:10] for t in DAYS.time.values]
+    assert collection["forge:final_through"][:10] == days[9]
+    assert collection["forge:provisional_through"][:10] == days[13]
 
     # The same as one build of the source as it is now.
     fresh = RunSpec("demo", "demo", str(tmp_path / "fresh"), str(tmp_path / "cache2"), target_format=fmt)

@@ -346,6 +346,9 @@ def listing(catalog: str, now: dt.datetime | None = None) -> list[str]:
         version = f" v{doc['version']}" if doc.get("version") else ""
         lines.append(f"{doc['id']}{version}  {doc.get('title', '')}")
         lines.append(f"  {start} to {end}; {asset['forge:format']}: {resolve(base, asset['href'])}")
+        if doc.get("forge:provisional_through"):
+            final = (doc.get("forge:final_through") or "none")[:10]
+            lines.append(f"  final data to {final}, provisional to {doc['forge:provisional_through'][:10]}")
         if (fresh := freshness(doc, now)) is not None:
             lines.append(f"  {fresh}")
         for _, item in _linked(url, doc, "item"):

@@ -78,6 +78,9 @@ def _details(doc: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> list
         ("Area", f"{west:g}° to {east:g}° E, {south:g}° to {north:g}° N"),
         ("Last update", doc.get("forge:updated") or "unknown"),
     ]
+    if doc.get("forge:provisional_through"):
+        final = doc.get("forge:final_through") or "none yet"
+        rows.insert(2, ("Final data to", f"{final}; provisional data to {doc['forge:provisional_through']}"))
     providers = ", ".join(
         f'<a href="{_e(p["url"])}">{_e(p["name"])}</a>' if p.get("url") else _e(p["name"])
         for p in doc.get("providers") or []

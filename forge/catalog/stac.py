@@ -218,7 +218,11 @@ def collection_for(
         license=str(meta.get("license") or (meta.get("provenance") or {}).get("license") or "other"),
         keywords=list(meta.get("keywords") or []) or None,
         providers=providers(meta) or None,
-        extra_fields={**{k: v for k, v in store.provenance.items() if v is not None}, **_freshness(meta)},
+        extra_fields={
+            **{k: v for k, v in store.provenance.items() if v is not None},
+            **_freshness(meta),
+            **provisional_extent(ds),
+        },
     )
     _describe_cube(collection, ds)
     collection.add_asset("zarr", asset_for(store))
@@ -227,6 +231,24 @@ def collection_for(
     for rel, href, title in links:
         collection.add_link(pystac.Link(rel, href, title=title))
     return collection
+
+
+def provisional_extent(ds: xr.Dataset) -> dict[str, str]:
+    """How far the final data goes, and how far the provisional data (``forge:final_through``,
+    ``forge:provisional_through``), for a store with a ``provisional`` flag along its time axis."""
+    if "provisional" not in ds.coords or ds["provisional"].ndim != 1:
+        return {}
+    (dim,) = ds["provisional"].dims
+    flags = np.asarray(ds["provisional"].values, dtype=bool)
+    times = ds[dim].values
+    if not len(times) or times.dtype.kind != "M":
+        return {}
+    extent = {}
+    if (~flags).any():
+        extent["forge:final_through"] = _iso(times[~flags].max())
+    if flags.any():
+        extent["forge:provisional_through"] = _iso(times[flags].max())
+    return extent
 
 
 def _freshness(meta: Mapping[str, Any]) -> dict[str, Any]:

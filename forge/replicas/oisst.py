@@ -21,10 +21,12 @@ import xarray as xr
 OISST_ROOT = "https://www.ncei.noaa.gov/data/sea-surface-temperature-optimum-interpolation/v2.1/access/avhrr/"
 OISST_PATH = re.compile(r"/(\d{6})/oisst-avhrr-v02r01\.(\d{8})(_preliminary)?\.nc$")
 FIRST_DAY = pd.Timestamp("1981-09-01")
+PRELIMINARY_LATENCY = pd.Timedelta(days=1)  # a day's preliminary file is out the next day
+FINAL_LATENCY = pd.Timedelta(days=15)  # its final file (replacing the preliminary one) two weeks later
 
 
-def oisst_url(day: pd.Timestamp, root: str = OISST_ROOT) -> str:
-    return f"{root}{day:%Y%m}/oisst-avhrr-v02r01.{day:%Y%m%d}.nc"
+def oisst_url(day: pd.Timestamp, root: str = OISST_ROOT, preliminary: bool = False) -> str:
+    return f"{root}{day:%Y%m}/oisst-avhrr-v02r01.{day:%Y%m%d}{'_preliminary' if preliminary else ''}.nc"
 
 
 def _packed(name: str, values: np.ndarray, long_name: str, units: str, valid: tuple[int, int]) -> xr.Variable:
@@ -50,8 +52,11 @@ def _packed(name: str, values: np.ndarray, long_name: str, units: str, valid: tu
     return var
 
 
-def oisst_dataset(day: pd.Timestamp, nlat: int = 720, nlon: int = 1440) -> xr.Dataset:
-    """One day of synthetic OISST in the product's exact schema."""
+def oisst_dataset(
+    day: pd.Timestamp, nlat: int = 720, nlon: int = 1440, preliminary: bool = False
+) -> xr.Dataset:
+    """One day of synthetic OISST in the product's exact schema; ``preliminary``: the first analysis of
+    the day, before the final one corrects it (0.1 degC warmer here)."""
     lat = (np.arange(nlat, dtype="float32") + 0.5) * (180 / nlat) - 90
     lon = (np.arange(nlon, dtype="float32") + 0.5) * (360 / nlon)
     la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
@@ -66,6 +71,8 @@ def oisst_dataset(day: pd.Timestamp, nlat: int = 720, nlon: int = 1440) -> xr.Da
     sst = np.round(sst + rng.normal(0, 0.03, sst.shape), 2)
     anom = np.round(anom + rng.normal(0, 0.03, anom.shape), 2)
     err = np.round(err + rng.normal(0, 0.01, err.shape).clip(-0.05, 0.05), 2)
+    if preliminary:
+        sst = np.round(sst + 0.1, 2)
     for field in (sst, anom, err, ice):
         field[land] = np.nan
     days = (day + pd.Timedelta(hours=12) - pd.Timestamp("1978-01-01 12:00")).days
@@ -98,10 +105,10 @@ def oisst_dataset(day: pd.Timestamp, nlat: int = 720, nlon: int = 1440) -> xr.Da
         attrs={
             "Conventions": "CF-1.6, ACDD-1.3",
             "title": "NOAA/NCEI 1/4 Degree Daily Optimum Interpolation Sea Surface Temperature (OISST) "
-            "Analysis, Version 2.1 - Final",
+            f"Analysis, Version 2.1 - {'Preliminary' if preliminary else 'Final'}",
             "institution": "NOAA/National Centers for Environmental Information",
             "source": "ICOADS, NCEP_GTS, GSFC_ICE, NCEP_ICE, Pathfinder_AVHRR, Navy_AVHRR",
-            "id": f"oisst-avhrr-v02r01.{day:%Y%m%d}.nc",
+            "id": f"oisst-avhrr-v02r01.{day:%Y%m%d}{'_preliminary' if preliminary else ''}.nc",
             "time_coverage_start": f"{day:%Y-%m-%d}T00:00:00Z",
             "time_coverage_end": f"{day:%Y-%m-%d}T23:59:59Z",
             "references": "Reynolds, et al.(2007) Daily High-Resolution-Blended Analyses for Sea Surface "
@@ -116,7 +123,11 @@ def oisst_dataset(day: pd.Timestamp, nlat: int = 720, nlon: int = 1440) -> xr.Da
 
 
 class OisstReplica:
-    """Makes (and keeps) daily files on request; use ``generate`` with :class:`SourceServer`."""
+    """Makes (and keeps) daily files on request; use ``generate`` with :class:`SourceServer`.
+
+    As NCEI does on ``today``: a day's ``_preliminary`` file is out a day after it, and replaced by its
+    final file (the preliminary one deleted) fifteen days after it.
+    """
 
     def __init__(
         self,
@@ -124,38 +135,48 @@ class OisstReplica:
         nlat: int = 720,
         nlon: int = 1440,
         last_day: pd.Timestamp | None = None,
+        today: pd.Timestamp | None = None,
     ):
         self.directory = Path(directory or Path(tempfile.gettempdir()) / "forge-oisst-replica")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.nlat, self.nlon = nlat, nlon
         # The newest day "published" (later ones answer 404, like days NOAA has not released yet).
         self.last_day = last_day
+        self.today = today  # None: the real today
         self._lock = threading.Lock()
 
-    def path_for(self, day: pd.Timestamp) -> Path:
+    def path_for(self, day: pd.Timestamp, preliminary: bool = False) -> Path:
+        suffix = "_preliminary" if preliminary else ""
         path = (
             self.directory
             / f"{self.nlat}x{self.nlon}"
             / f"{day:%Y%m}"
-            / f"oisst-avhrr-v02r01.{day:%Y%m%d}.nc"
+            / f"oisst-avhrr-v02r01.{day:%Y%m%d}{suffix}.nc"
         )
         with self._lock:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
-                oisst_dataset(day, self.nlat, self.nlon).to_netcdf(tmp, format="NETCDF4", engine="netcdf4")
+                ds = oisst_dataset(day, self.nlat, self.nlon, preliminary)
+                ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4")
                 tmp.replace(path)
         return path
 
+    def published(self, day: pd.Timestamp, preliminary: bool) -> bool:
+        """Whether the day's final (or preliminary) file is out on the replica's today."""
+        today = (
+            self.today if self.today is not None else pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+        )
+        final = day <= today - FINAL_LATENCY
+        if self.last_day is not None and day > self.last_day:
+            return False
+        return (not final and day <= today - PRELIMINARY_LATENCY) if preliminary else final
+
     def generate(self, url_path: str) -> Path | None:
         m = OISST_PATH.search(url_path)
-        if not m or m.group(3):
+        if not m:
             return None
-        day = pd.Timestamp(dt.datetime.strptime(m.group(2), "%Y%m%d"))
-        if (
-            m.group(1) != f"{day:%Y%m}"
-            or day < FIRST_DAY
-            or (self.last_day is not None and day > self.last_day)
-        ):
+        day, preliminary = pd.Timestamp(dt.datetime.strptime(m.group(2), "%Y%m%d")), bool(m.group(3))
+        if m.group(1) != f"{day:%Y%m}" or day < FIRST_DAY or not self.published(day, preliminary):
             return None
-        return self.path_for(day)
+        return self.path_for(day, preliminary)
