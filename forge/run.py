@@ -26,7 +26,7 @@ def run_locally(recipe: Recipe, run: RunSpec, lookup: Lookup = env_lookup, *, ap
     if append:
         run, new = plan_append(recipe, run, source_probe(recipe, run, lookup))
         if not new:
-            return {**describe(run.target_url), "appended": 0}
+            return {**describe(run.target_url, recipe.concat_dim, run.target_format), "appended": 0}
         recipe = recipe.pruned(run.prune)  # the append may stop at the source's frontier
     summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
     target, batches = prepare(recipe, run, summaries)

@@ -6,6 +6,7 @@ adds the new keys, in one publish (one commit on Icechunk)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def expected(finals: int, days: int) -> tuple[xr.Dataset, list[bool]]:
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "icechunk"])
-def test_provisional_days_are_stored_flagged_and_replaced_by_their_final_files(served, tmp_path, fmt):
+def test_provisional_days_are_stored_flagged_and_replaced_by_their_final_files(served, tmp_path, fmt, caplog):
     src = Path(served.root)
     run = RunSpec("demo", "demo", str(tmp_path / "target"), str(tmp_path / "cache"), target_format=fmt)
     publish(src, range(0, 8), range(8, 12))  # 8 final days, 4 preliminary
@@ -83,6 +84,16 @@ def test_provisional_days_are_stored_flagged_and_replaced_by_their_final_files(s
     days = [str(t)[:10] for t in DAYS.time.values]
     assert collection["forge:final_through"][:10] == days[9]
     assert collection["forge:provisional_through"][:10] == days[13]
+
+    # A preliminary file withdrawn with no final one: the day is kept (from the cache), and said.
+    before = open_store(run.target_url)
+    publish(src, range(0, 10), range(11, 14))
+    with caplog.at_level(logging.WARNING, logger="forge.engine.append"):
+        again = run_locally(recipe(served.url, 14, fmt), run, append=True)
+    assert again["appended"] == 0
+    assert "all_0010.nc: neither the final nor the provisional file is at the source any more" in caplog.text
+    xr.testing.assert_identical(open_store(run.target_url), before)
+    publish(src, range(0, 10), range(10, 14))
 
     # The same as one build of the source as it is now.
     fresh = RunSpec("demo", "demo", str(tmp_path / "fresh"), str(tmp_path / "cache2"), target_format=fmt)
