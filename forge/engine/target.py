@@ -570,6 +570,13 @@ def finalize_target(
         )
         return describe(target.url, target.concat_dim, target.format)
     group = open_group(target.url)
+    if target.publish_to and target.concat_dim:  # an append may have published since this rebuild began
+        published = published_group(target.publish_to, "zarr")
+        if published is not None and target.concat_dim in published:
+            built = group[target.concat_dim].shape[0]
+            check_no_retraction(
+                published[target.concat_dim].shape[0], built, target.concat_dim, target.publish_to
+            )
     attrs = {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
     if recipe.tests:  # on the store as readers will see it, its metadata in memory until they pass
         view = ReadersView(zarr_store(target.url))
