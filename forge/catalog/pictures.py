@@ -19,6 +19,7 @@ import xarray as xr
 from forge.catalog.stac import cf_axes
 
 MAX_PANELS = 4  # main variables drawn, at most
+MAX_CELLS = 800  # along either axis of a map: about the pixels a panel has
 MISSING_COLOUR = "#a0a0a0"  # grey: no colour map used here has it
 BOUNDS_SUFFIXES = ("_bnds", "_bounds")
 
@@ -96,7 +97,12 @@ def quicklook_png(ds: xr.Dataset, title: str, names: Sequence[str]) -> bytes:
     fig = Figure(figsize=(7 * columns, 3.4 * rows), layout="constrained")
     for n, name in enumerate(names):
         var, step = newest_map(ds, name)
-        values = np.asarray(var.values, dtype=float)
+        missing = float(var.isnull().mean())
+        # No more cells than the panel has pixels (about 560 across): a 1/4-degree global map is drawn
+        # from every other cell, at a quarter of the memory and time.
+        stride = max(1, -(-max(var.shape) // MAX_CELLS))
+        var = var[::stride, ::stride]
+        values = np.asarray(var.values, dtype=np.float32)
         present = values[np.isfinite(values)]
         low, high = np.percentile(present, [1, 99]) if present.size else (0.0, 1.0)
         if diverging(var, float(low), float(high)):
@@ -116,7 +122,6 @@ def quicklook_png(ds: xr.Dataset, title: str, names: Sequence[str]) -> bytes:
             interpolation="nearest",
         )
         fig.colorbar(image, ax=ax, label=var.attrs.get("units", ""), shrink=0.9)
-        missing = 1 - present.size / max(1, values.size)
         ax.set_title(f"{title}\n{name}: {var.attrs.get('long_name', name)}, at {step}", fontsize=10)
         ax.set_xlabel(var.dims[1])
         ax.set_ylabel(var.dims[0])
