@@ -87,11 +87,11 @@ def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str 
     return stores
 
 
-def _opened(url: str, fmt: str) -> xr.Dataset:
+def _opened(url: str, fmt: str, **kwargs: Any) -> xr.Dataset:
     """The store as readers see it, its chunks readable: an Icechunk repository of references is
-    opened with its virtual chunk containers authorized."""
-    ds = open_published(url, fmt)
-    return open_published(url, fmt, references=True) if REFERENCED_INPUTS_ATTR in ds.attrs else ds
+    opened with its virtual chunk containers authorized. ``kwargs`` go to ``xr.open_zarr``."""
+    ds = open_published(url, fmt, **kwargs)
+    return open_published(url, fmt, references=True, **kwargs) if REFERENCED_INPUTS_ATTR in ds.attrs else ds
 
 
 def _relative(url: str, start: str) -> str:
@@ -151,7 +151,9 @@ def write_recipe_entry(
             collection_links.append(("item", f"./{item.id}.json"))
     for rel, href in collection_links:
         collection.add_link(pystac.Link(rel, href, media_type=pystac.MediaType.JSON))
-    add_pictures(collection, root, recipe_id, opened[latest_url])
+    # Without dask, a step is read as one (not its whole chunk of steps, decoded): small reads
+    latest_fmt = next(fmt for url, fmt, _ in stores if url == latest_url)
+    add_pictures(collection, root, recipe_id, _opened(latest_url, latest_fmt, chunks=None))
     for item in items:
         root.write_text(f"{recipe_id}/{item.id}.json", _dump(item))
     root.write_text(f"{recipe_id}/{COLLECTION}", _dump(collection))
