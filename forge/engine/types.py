@@ -13,7 +13,7 @@ import numpy as np
 from forge.engine.plan import ChunkWrite, Stack
 from forge.engine.schema import VariableSpec
 from forge.io.storage import join
-from forge.publish.icechunk import Transaction
+from forge.publish.transaction import Transaction
 from forge.publish.validate import HEALTH_STEPS, Checks
 from forge.recipe.meta import major_of
 from forge.recipe.patterns import Key

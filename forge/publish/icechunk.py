@@ -32,6 +32,7 @@ import zarr
 
 from forge._version import __version__
 from forge.errors import ForgeError
+from forge.publish.transaction import Transaction
 
 if TYPE_CHECKING:
     import icechunk
@@ -123,18 +124,6 @@ def upgrade(url: str, dry_run: bool = False) -> tuple[int, int]:
     return before, int(_icechunk().spec_version()) if dry_run else int(upgraded.spec_version)
 
 
-@dataclass(frozen=True)
-class Transaction:
-    """One run's unpublished work: its branch, and the snapshot of ``main`` it started from."""
-
-    url: str
-    branch: str
-    base: str
-
-    def repository(self) -> Repository:
-        return open_repository(self.url)
-
-
 def begin(url: str, repo: Repository | None = None) -> tuple[Transaction, Session]:
     """A transaction from ``main``'s tip (the repository is made if there is none), and a writable
     session on its branch. ``repo``: the repository at ``url`` already opened, as a writer of virtual
@@ -155,13 +144,13 @@ def published_session(url: str, snapshot: str | None = None) -> Session:
 
 def fork(txn: Transaction, n: int) -> list[ForkSession]:
     """``n`` picklable sessions on the transaction's branch, one per store batch."""
-    session = txn.repository().writable_session(txn.branch)
+    session = open_repository(txn.url).writable_session(txn.branch)
     return [session.fork() for _ in range(n)]
 
 
 def merged(txn: Transaction, forks: Iterable[ForkSession]) -> Session:
     """A session on the transaction's branch holding what the store batches wrote."""
-    session = txn.repository().writable_session(txn.branch)
+    session = open_repository(txn.url).writable_session(txn.branch)
     forks = [f for f in forks if f is not None]
     if forks:
         session.merge(*forks)
@@ -194,7 +183,7 @@ def run_metadata(
 def commit_and_publish(txn: Transaction, session: Session, message: str, metadata: Mapping[str, Any]) -> str:
     """Commit on the run's branch, then move ``main`` there if it is still where the run began."""
     snapshot = session.commit(message, metadata=dict(metadata))
-    repo = txn.repository()
+    repo = open_repository(txn.url)
     try:
         repo.reset_branch(MAIN, snapshot, from_snapshot_id=txn.base)
     except _icechunk().IcechunkError as e:
