@@ -57,6 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     rewrites = dict(parse_rewrites(args.url_rewrite or []))
     if args.dry_run and not args.append:
         raise SystemExit("--dry-run goes with --append")
+    if args.rebuild and args.append:
+        raise SystemExit("--rebuild builds the whole store anew: it does not go with --append")
     if args.debug:  # full tracebacks, here and in the workers started from here
         os.environ["FORGE_DEBUG"] = "1"
     if not args.append:  # (an append first asks the source whether there is anything new)
@@ -90,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             url_rewrites=rewrites or None,
             append=args.append,
             target_format=args.target_format,
+            rebuild=args.rebuild,
             return_state=True,
         )
     if not state.is_completed():
@@ -393,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_options(run)
     run.add_argument("--append", action="store_true", help="add only the inputs beyond the store's end")
     run.add_argument("--dry-run", action="store_true", help="with --append: list what would be added")
+    run.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build the store anew beside the published one (caught up with appends published meanwhile)",
+    )
     run.add_argument("--dask-address", help="an existing Dask scheduler (default: a local cluster)")
     run.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
     run.add_argument("--debug", action="store_true", help="show every traceback in full")

@@ -21,7 +21,7 @@ from flows.runtime.settings_once import settings_serialized_once
 from flows.runtime.tracebacks import install_traceback_filter
 from flows.runtime.windows import submit_windowed, wait_ended
 from forge.engine.append import describe_append
-from forge.engine.stages import recipe_for, run_spec_for
+from forge.engine.stages import CATCH_UPS, RebuildBehind, began, caught_up, recipe_for, run_spec_for
 from forge.engine.types import RunSpec
 from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
@@ -29,7 +29,7 @@ from forge.recipe.patterns import parse_rewrites
 from forge.recipe.recipes import ReferenceRecipe
 from tasks.cache import cache_inputs, plan_cache_batches
 from tasks.catalog import update_catalog
-from tasks.finalize import finalize_target
+from tasks.finalize import finalize_target, publish_rebuild
 from tasks.prepare import plan_append_run, prepare_target
 from tasks.slots import source_host_slots
 from tasks.store import store_chunks
@@ -47,6 +47,7 @@ def run_spec(
     prune: int | None,
     url_rewrites: dict[str, str] | None,
     target_format: str | None = None,
+    rebuild: bool = False,
 ) -> RunSpec:
     """The run's spec (:func:`forge.engine.stages.run_spec_for`), planned for the bakery's store workers.
     FORGE_URL_REWRITES ("FROM=TO ..."): a worker's mirrors, under the run's rewrites."""
@@ -55,7 +56,7 @@ def run_spec(
         **(url_rewrites or {}),
     }
     workers = store_workers(current_bakery())
-    return run_spec_for(recipe, target_root, cache_root, prune, rewrites, target_format, workers)
+    return run_spec_for(recipe, target_root, cache_root, prune, rewrites, target_format, workers, rebuild)
 
 
 def run_name() -> str:
@@ -65,7 +66,7 @@ def run_name() -> str:
         recipe_id = find_recipe(params["recipe"]).recipe_id
     except ForgeError:
         recipe_id = str(params["recipe"])
-    mode = "append" if params.get("append") else "build"
+    mode = "append" if params.get("append") else "rebuild" if params.get("rebuild") else "build"
     if params.get("append") and params.get("dry_run"):
         mode += " (dry run)"
     prune = f" · first {params['prune']}" if params.get("prune") else ""
@@ -87,6 +88,7 @@ def recipe(
     append: bool = False,
     dry_run: bool = False,
     target_format: str | None = None,
+    rebuild: bool = False,
 ) -> dict | State:
     """Build a recipe's Zarr store, or append to it what is new at the source.
 
@@ -99,17 +101,29 @@ def recipe(
         append: Add only the inputs beyond the store's end (idempotent; finishes an interrupted append).
         dry_run: With append: list what would be added and change nothing.
         target_format: zarr or icechunk ({recipe_id}.icechunk, every run one commit); default: the recipe's.
+        rebuild: Build the store anew beside the published one, even from the same inputs; appends that
+            publish meanwhile are caught up before it replaces the published store, in one step.
     """
     try:
-        run = run_spec(recipe, target_root, cache_root, prune, url_rewrites, target_format)
+        run = run_spec(recipe, target_root, cache_root, prune, url_rewrites, target_format, rebuild)
     except ForgeError as e:  # the recipe does not load: say why, and where
         return failed_run(StageFailed("load-recipe", None, e), str(recipe))
-    try:
-        if isinstance(recipe_for(run), ReferenceRecipe):
+    if isinstance(recipe_for(run), ReferenceRecipe):
+        try:
             return build_references(run, append, dry_run)
-        return build(run, append, dry_run)
-    except StageFailed as failure:
-        return failed_run(failure, run.recipe_id)
+        except StageFailed as failure:
+            return failed_run(failure, run.recipe_id)
+    catch_ups = 0
+    while True:
+        try:
+            return build(run, append, dry_run)
+        except StageFailed as failure:
+            catch_ups += 1
+            if not isinstance(failure.cause, RebuildBehind) or catch_ups > CATCH_UPS:
+                return failed_run(failure, run.recipe_id)
+            # Appends published while the rebuild ran: it appends them too, then publishes.
+            get_run_logger().info("%s", failure.cause)
+            run, append = caught_up(run, failure.cause), True
 
 
 def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
@@ -119,8 +133,15 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     if append:
         run, new = in_stage("plan-append", plan_append_run, run)
         get_run_logger().info(describe_append(recipe_for(run), run, new, dry_run))
+        if not new and run.catch_up is not None:  # a rebuild with nothing left to catch up: publish it
+            summary = in_stage("finalize-target", publish_rebuild, run)
+            summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
+            announce_update(run.recipe_id, {**summary, "appended": 0})
+            return {**summary, "appended": 0}
         if dry_run or not new:
             return nothing_appended(run, new, dry_run)
+    else:
+        run = began(run)
 
     batches, windows = plan_cache_batches(run)
     cached = Progress(f"inputs cached for {run.recipe_id}", sum(len(b.value.items) for b in batches))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,3 +225,26 @@ def forge_run_on_replica(
     args = ["run", recipe, "--prune", str(prune), "--local-replica", "--replica-dir", str(work / "replica")]
     args += ["--target-root", str(work / "target"), "--cache-root", str(work / "cache")]
     return forge_cli(*args, env=env, timeout=timeout)
+
+
+class HeldFile:
+    """A source server's ``generate``: the files under ``root``, every request for ``held`` kept waiting
+    once :meth:`hold` is called, until :meth:`release`: a run stopped mid-download, for as long as a
+    test does something else meanwhile."""
+
+    def __init__(self, root: Path, held: str):
+        self.root, self.held = root, held
+        self.holding, self.reached, self.released = False, threading.Event(), threading.Event()
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __call__(self, path: str) -> Path | None:
+        if self.holding and path == self.held:
+            self.reached.set()
+            self.released.wait(300)
+        found = self.root / path.lstrip("/")
+        return found if found.is_file() else None

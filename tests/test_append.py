@@ -242,25 +242,3 @@ def test_append_keeps_time_values_exact(served, run_spec, days20):
     out = run_locally(recipe_for(served, list(range(20))), run, append=True)
     times = open_store(out["url"]).time.values
     np.testing.assert_array_equal(times, make_dataset(20).time.values)
-
-
-def test_a_rebuild_never_swaps_out_days_an_append_published_while_it_ran(served, run_spec, days20):
-    """A minor-version rebuild is built beside the published store; an append publishes two more days
-    meanwhile: the rebuild is refused at its swap, and the appended days stay published."""
-    from dataclasses import replace
-
-    from forge.engine.stages import finalize
-    from forge.publish.validate import ValidationError
-
-    run = replace(run_spec(), version="1.0")
-    run_locally(recipe_for(served, list(range(10))), run)
-    rebuild = replace(run, version="1.1")
-    recipe = recipe_for(served, list(range(10)))
-    summaries = [s for b in plan_cache(recipe, rebuild) for s in cache_batch(recipe, rebuild, b)]
-    target, batches = prepare(recipe, rebuild, summaries)
-    assert target.publish_to == run.target_url  # built beside the published store
-    stored = [store_batch(recipe, target, b) for b in batches]
-    assert run_locally(recipe_for(served, list(range(12))), run, append=True)["appended"] == 2
-    with pytest.raises(ValidationError, match="never shortens a published dataset"):
-        finalize(recipe, target, {}, stored)
-    assert_store_matches(run.target_url, days20[:12])

@@ -32,6 +32,7 @@ from forge.engine.target import (
     PROVISIONAL_ATTRS,
     checks_for,
     combine_inputs,
+    current_group,
     digest_inputs,
     n_write_batches,
     open_group,
@@ -277,21 +278,22 @@ def prepare_append(
     first_url = ordered[0].url
     template = combine_inputs(recipe, ordered)
     transaction = None
+    url = run.store_url  # the published store, or the rebuild this append catches up
     if run.transactional:  # everything on the run's branch, from main as it is now
-        transaction, session = icechunk_target.begin(run.target_url)
+        transaction, session = icechunk_target.begin(url, catch_up=run.catch_up)
         group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
-        state = read_state(run.target_url, dim, run.target_format, group)
+        state = read_state(url, dim, run.target_format, group)
     else:
-        state = read_state(run.target_url, dim)
-        group = open_group(run.target_url)
+        state = read_state(url, dim)
+        group = open_group(url)
     if run.append_from is not None and run.append_from < state.concat_inputs:
         # Provisional steps replaced: the append starts at the first of them, as if the store ended there.
         nitems = recipe.pattern.concat_dim.nitems_per_file or 1
         state = replace(state, concat_inputs=run.append_from, length=run.append_from * nitems)
     if state.pending:  # a crash may have resized some arrays and not others: back to the recorded start
         if state.coordinate:
-            _restore_array(Storage(run.target_url), dim, state.coordinate)
-            group = open_group(run.target_url)
+            _restore_array(Storage(url), dim, state.coordinate)
+            group = open_group(url)
         for _, arr in group.arrays():
             dims = dims_of(arr)
             if dim in dims and arr.shape[dims.index(dim)] != state.length:
@@ -318,11 +320,11 @@ def prepare_append(
         marker = {
             "from_inputs": state.concat_inputs,
             "from_length": state.length,
-            "coordinate": state.coordinate or _record_array(Storage(run.target_url), dim, stored),
+            "coordinate": state.coordinate or _record_array(Storage(url), dim, stored),
         }
         if flags is not None:
             marker["provisional"] = flags[0].tolist()
-        storage, key = pending_marker(run.target_url)
+        storage, key = pending_marker(url)
         storage.write_text(key, json.dumps(marker))
     # On a Zarr store the coordinate keeps its length until the commit (finalize rewrites it in one
     # chunk): readers of the consolidated metadata see the old extent, data and all, until then.
@@ -347,13 +349,14 @@ def prepare_append(
         "appending %d items (%d inputs) to %s from %s=%s",
         n_new,
         len(ordered),
-        run.target_url,
+        url,
         dim,
         new_values[0],
     )
+    beside = run.catch_up is not None and transaction is None  # a Zarr rebuild's store, published after
     spec = TargetSpec(
         run,
-        run.target_url,
+        url,
         dim,
         template.concat_variables,
         # Chained: the stored fingerprint and the new inputs (a full build of the range differs only here).
@@ -370,6 +373,8 @@ def prepare_append(
         checks=checks_for(recipe, run, template),
         stack=stack_of(template),
         transaction=transaction,
+        publish_to=run.target_url if beside else None,
+        publish_base=run.catch_up.base if beside else None,
         dataset_version=group.attrs.get("forge:dataset_version"),  # appends never change it
     )
     return spec, batches
@@ -430,9 +435,9 @@ def plan_append(
     """
     if recipe.concat_dim is None:
         raise AppendError("append needs a recipe with a concat dimension")
-    state = read_state(run.target_url, recipe.concat_dim, run.target_format)
+    state = read_state(run.store_url, recipe.concat_dim, run.target_format, current_group(run))
     if state.pending:
-        logger.warning("%s has an interrupted append: finishing it first", run.target_url)
+        logger.warning("%s has an interrupted append: finishing it first", run.store_url)
     exists = exists or source_probe(recipe, run)
     start = state.concat_inputs
     if recipe.pattern.provisional is not None:
@@ -465,7 +470,7 @@ def first_final_again(
     """The first stored provisional step whose final file is out now (the store's end if none): an
     append rewrites from there. A provisional step with neither file at the source any more is kept
     from the cache, and said; one the cache lost too stops the replacement before it."""
-    group = published_group(run.target_url, run.target_format)
+    group = current_group(run)
     if group is None or PROVISIONAL not in group:
         return state.concat_inputs
     nitems = recipe.pattern.concat_dim.nitems_per_file

@@ -6,6 +6,7 @@ finalize (:func:`finalize_target`), with :func:`plan_append` before them in appe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,21 +14,27 @@ from typing import Any
 from forge.engine.append import commit_coordinate, plan_append, prepare_append
 from forge.engine.caching import cache_batch, plan_cache, source_probe
 from forge.engine.schema import InputSummary
-from forge.engine.target import finalize_target, prepare_target
+from forge.engine.target import began, finalize_target, prepare_target, publish_staged
 from forge.engine.types import RunSpec, TargetSpec, WriteBatch
 from forge.engine.writers import BatchStats, store_batch
 from forge.errors import RecipeError
 from forge.io.storage import absolute
+from forge.publish.transaction import RebuildBehind
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
 from forge.recipe.meta import version_of
 from forge.recipe.recipes import REFERENCE_FORMATS, TARGET_FORMATS, Recipe, ReferenceRecipe, XarrayZarrRecipe
 
 __all__ = [
+    "CATCH_UPS",
+    "RebuildBehind",
+    "began",
     "cache_batch",
+    "caught_up",
     "finalize",
     "plan_append",
     "plan_cache",
     "prepare",
+    "publish_staged",
     "recipe_for",
     "run_spec_for",
     "source_probe",
@@ -43,6 +50,7 @@ def run_spec_for(
     url_rewrites: Mapping[str, str] | None = None,
     target_format: str | None = None,
     workers: int | None = None,
+    rebuild: bool = False,
 ) -> RunSpec:
     """A run of the recipe ``ref`` (an id or a path): its meta.yaml's ``version`` (one store per major)
     and ``validation`` thresholds come along; the target's format is the recipe's unless
@@ -68,6 +76,26 @@ def run_spec_for(
         max_missing_fraction=tuple(sorted((validation.get("max_missing_fraction") or {}).items())),
         version=version_of(meta),
         recipe_blob=frozen(recipe),
+        rebuild=rebuild,
+    )
+
+
+# A rebuild beside appends catches up at most this many times (each a short append): appends that keep
+# publishing faster than that mean a schedule far shorter than one append takes.
+CATCH_UPS = 5
+
+
+def caught_up(run: RunSpec, behind: RebuildBehind) -> RunSpec:
+    """The run that catches a rebuild up with what was published while it ran: an append onto its
+    unpublished work, which then publishes it. The recipe is read again: its pattern may reach
+    further now (dates up to today), as the appends' did."""
+    return dataclasses.replace(
+        run,
+        catch_up=behind.catch_up,
+        append_from=None,
+        prune=None,
+        rebuild=False,
+        recipe_blob=frozen(run.recipe, fresh=True),
     )
 
 

@@ -34,6 +34,7 @@ from forge.engine.types import RunSpec, TargetSpec, WriteBatch
 from forge.errors import RecipeCodeError, RecipeError
 from forge.io.storage import Storage, zarr_store
 from forge.publish import icechunk as icechunk_target
+from forge.publish.transaction import CatchUp, RebuildBehind, Transaction
 from forge.publish.validate import (
     HEALTH_ATTR,
     Checks,
@@ -68,21 +69,47 @@ def open_group(url: str, mode: str = "r+") -> zarr.Group:
     return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, use_consolidated=False)
 
 
-def published_store(url: str, target_format: str) -> zarr.abc.store.Store | None:
-    """What readers see of the target, read-only (None: nothing is published there yet)."""
+def published_store(url: str, target_format: str, branch: str | None = None) -> zarr.abc.store.Store | None:
+    """What readers see of the target, read-only (None: nothing is published there yet); ``branch``: an
+    Icechunk run's branch instead."""
     if target_format == "icechunk":
-        return icechunk_target.published_session(url).store if icechunk_target.exists(url) else None
+        if not icechunk_target.exists(url):
+            return None
+        return icechunk_target.published_session(url, branch=branch or icechunk_target.MAIN).store
     return zarr_store(url, read_only=True)
 
 
-def published_group(url: str, target_format: str) -> zarr.Group | None:
-    store = published_store(url, target_format)
+def published_group(url: str, target_format: str, branch: str | None = None) -> zarr.Group | None:
+    store = published_store(url, target_format, branch)
     if store is None:
         return None
     try:
         return zarr.open_group(store, mode="r", use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
         return None
+
+
+def current_group(run: RunSpec) -> zarr.Group | None:
+    """The store a run appends to, read-only: what is published, or the unpublished rebuild it catches
+    up (a Zarr store beside the published one, or an Icechunk run branch)."""
+    branch = run.catch_up.branch if run.catch_up else None
+    return published_group(run.store_url, run.target_format, branch)
+
+
+def published_id(url: str, target_format: str) -> str:
+    """Which state of the target readers see ("": none): its fingerprint, or ``main``'s snapshot."""
+    if target_format == "icechunk":
+        return icechunk_target.tip(url)
+    group = published_group(url, target_format)
+    return str(group.attrs.get(FINGERPRINT_ATTR, "")) if group is not None else ""
+
+
+def began(run: RunSpec) -> RunSpec:
+    """A build as it begins, noting what is published (its base): appends published while it runs are
+    then caught up before it publishes, even those before its prepare stage."""
+    if run.append_from is not None or run.catch_up is not None:
+        return run
+    return dataclasses.replace(run, published_base=published_id(run.target_url, run.target_format))
 
 
 def checks_for(recipe: XarrayZarrRecipe, run: RunSpec, template: Template) -> Checks:
@@ -401,13 +428,16 @@ def prepare_target(
     url = run.target_url
     published = published_group(url, run.target_format)
     existing = dict(published.attrs) if published is not None else {}
-    complete = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
+    same = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
+    complete = same and not run.rebuild
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
-    transaction, sessions, publish_to = None, [], None
+    transaction, sessions, publish_to, publish_base = None, [], None, None
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
     else:
         length = published[template.concat_dim].shape[0] if template.concat_dim in (published or {}) else 0
+        if run.published_base not in (None, published_id(url, run.target_format)):
+            length = 0  # appends published since the build began: it catches up with them at its publish
         check_template(run, template, existing, length)
         ds = _template_dataset(recipe, run, template, summaries, chunk)
         flags = provisional_flags(summaries, template) if recipe.pattern.provisional else None
@@ -415,11 +445,14 @@ def prepare_target(
             ds = ds.assign_coords({PROVISIONAL: (template.concat_dim, flags, PROVISIONAL_ATTRS)})
             ds[PROVISIONAL].encoding = {"chunks": (len(flags),)}
         if run.transactional:
-            transaction, session = icechunk_target.begin(url)
+            transaction, session = icechunk_target.begin(url, base=run.published_base)
             store = session.store
         elif existing.get(COMPLETE_ATTR) is True:  # readers keep the previous build until this one is done
-            publish_to, url = url, staging_url(url)
+            base = existing.get(FINGERPRINT_ATTR) if run.published_base is None else run.published_base
+            publish_to, publish_base, url = url, base, staging_url(url)
             Storage(url).delete("")
+            marker, key = pending_marker(url)  # a catch-up of an earlier rebuild that died there
+            marker.delete(key)
             store = zarr_store(url)
         else:
             store = zarr_store(url)
@@ -456,6 +489,7 @@ def prepare_target(
         stack=stack_of(template),
         transaction=transaction,
         publish_to=publish_to,
+        publish_base=publish_base,
         dataset_version=run.version,
     )
     return spec, batches
@@ -555,8 +589,10 @@ def finalize_target(
             view = ReadersView(session.store)
             publish_metadata(view, {}, True, recipe.zarr_format)
             run_checks(recipe.tests, view, target.url, consolidated=None)
-        kind = "append" if target.run.append_from is not None else "build"
-        span = f"{target.appended} items appended" if kind == "append" else f"{target.n_inputs} inputs"
+        appended = target.run.append_from is not None
+        kind = "append" if appended and not target.run.catch_up else "build"
+        span = f"{target.appended} items appended" if appended else f"{target.n_inputs} inputs"
+        span += ", caught up with what was published meanwhile" if target.run.catch_up else ""
         metadata = icechunk_target.run_metadata(
             kind,
             target.run.recipe_id,
@@ -566,28 +602,61 @@ def finalize_target(
             target.run.append_from,
         )
         icechunk_target.commit_and_publish(
-            target.transaction, session, f"{target.run.recipe_id}: {kind}, {span}", metadata
+            target.transaction,
+            session,
+            f"{target.run.recipe_id}: {kind}, {span}",
+            metadata,
+            rebuild=is_rebuild(target.run),
         )
         return describe(target.url, target.concat_dim, target.format)
     group = open_group(target.url)
-    if target.publish_to and target.concat_dim:  # an append may have published since this rebuild began
-        published = published_group(target.publish_to, "zarr")
-        if published is not None and target.concat_dim in published:
-            built = group[target.concat_dim].shape[0]
-            check_no_retraction(
-                published[target.concat_dim].shape[0], built, target.concat_dim, target.publish_to
-            )
     attrs = {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
     if recipe.tests:  # on the store as readers will see it, its metadata in memory until they pass
         view = ReadersView(zarr_store(target.url))
         publish_metadata(view, attrs, recipe.consolidated, recipe.zarr_format)
         run_checks(recipe.tests, view, target.url, consolidated=recipe.consolidated or None)
     publish_metadata(zarr_store(target.url), attrs, recipe.consolidated, recipe.zarr_format)
-    if target.publish_to:
-        move_into_place(target.url, target.publish_to)
     storage, key = pending_marker(target.url)
-    storage.delete(key)  # an append is committed
+    storage.delete(key)  # an append is committed (into a rebuild's store, when it catches one up)
+    if target.publish_to:
+        swap_in(target.url, target.publish_to, target.publish_base)
     return describe(target.published_url, target.concat_dim, target.format)
+
+
+def is_rebuild(run: RunSpec) -> bool:
+    """Whether a run that finds the published store moved on catches up with it (a build, or the
+    catch-up of one), rather than failing (an append: the next one adds what it missed)."""
+    return run.append_from is None or run.catch_up is not None
+
+
+def swap_in(staged: str, url: str, base: str | None) -> None:
+    """Publish the Zarr store rebuilt at ``staged`` in place of ``url`` if ``url`` is still what it was
+    when the rebuild began (its fingerprint ``base``) and no append is writing to it; otherwise raise
+    :class:`RebuildBehind`, to catch the rebuild up with what was published meanwhile."""
+    published = published_group(url, "zarr")
+    now = published.attrs.get(FINGERPRINT_ATTR) if published is not None else None
+    marker, key = pending_marker(url)
+    if now != base or marker.exists(key):
+        what = "an append is writing to it" if now == base else "an append published"
+        raise RebuildBehind(
+            f"{url}: {what} while this rebuild ran: it catches up before it is published (its store is "
+            f"kept at {staged})",
+            CatchUp(staged, now),
+        )
+    move_into_place(staged, url)
+
+
+def publish_staged(run: RunSpec, concat_dim: str | None) -> dict:
+    """Publish a caught-up rebuild that had nothing left to append: over what is published now, if
+    nothing moved it since the catch-up looked (else :class:`RebuildBehind` again)."""
+    catch_up = run.catch_up
+    if catch_up is None:
+        raise ValueError("publish_staged needs a run that catches a rebuild up")
+    if catch_up.branch is not None:
+        icechunk_target.publish(Transaction(catch_up.url, catch_up.branch, catch_up.base or ""), rebuild=True)
+    else:
+        swap_in(catch_up.url, run.target_url, catch_up.base)
+    return describe(run.target_url, concat_dim, run.target_format)
 
 
 def describe(url: str, concat_dim: str | None = None, target_format: str = "zarr") -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from forge.engine.plan import ChunkWrite, Stack
 from forge.engine.schema import VariableSpec
 from forge.io.storage import join
-from forge.publish.transaction import Transaction
+from forge.publish.transaction import CatchUp, Transaction
 from forge.publish.validate import HEALTH_STEPS, Checks
 from forge.recipe.meta import major_of
 from forge.recipe.patterns import Key
@@ -41,12 +41,26 @@ class RunSpec:
     version: str | None = None
     # The recipe as planned (forge.recipe.loading.frozen): workers load it without importing its module
     recipe_blob: bytes | None = field(default=None, repr=False, compare=False)
+    # Build anew beside what is published even if it is made of the same inputs (``forge run --rebuild``)
+    rebuild: bool = False
+    # A build: what was published when it began (a Zarr store's fingerprint, or Icechunk main's snapshot;
+    # "": nothing; None: not looked at). A build that finds it moved catches up before it publishes.
+    published_base: str | None = None
+    # An append that catches a rebuild up with appends published while it ran: it extends the rebuild's
+    # unpublished work, then publishes it (forge.publish.transaction.CatchUp)
+    catch_up: CatchUp | None = None
 
     @property
     def target_url(self) -> str:
         if self.version:
             return join(self.target_root, self.recipe_id, f"v{major_of(self.version)}.{self.target_format}")
         return join(self.target_root, f"{self.recipe_id}.{self.target_format}")
+
+    @property
+    def store_url(self) -> str:
+        """Where this run reads and writes its store: the target, or a Zarr rebuild's store beside it
+        that this run catches up (an Icechunk rebuild's work is a branch of the target)."""
+        return self.catch_up.url if self.catch_up else self.target_url
 
     @property
     def transactional(self) -> bool:
@@ -131,6 +145,7 @@ class TargetSpec:
     # A Zarr store rebuilt while its previous build stays published: ``url`` is where it is built, and
     # finalize moves it here once it is complete.
     publish_to: str | None = None
+    publish_base: str | None = None  # that store's fingerprint then: publish only over it, else catch up
     dataset_version: str | None = None  # "MAJOR.MINOR" the store holds once published
     # A pattern with provisional files: the store's ``provisional`` flags along the concat dimension
     # from where this run writes (an append writes them at its commit, like the coordinate).

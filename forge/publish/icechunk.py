@@ -32,7 +32,7 @@ import zarr
 
 from forge._version import __version__
 from forge.errors import ForgeError
-from forge.publish.transaction import Transaction
+from forge.publish.transaction import CatchUp, RebuildBehind, Transaction
 
 if TYPE_CHECKING:
     import icechunk
@@ -124,22 +124,33 @@ def upgrade(url: str, dry_run: bool = False) -> tuple[int, int]:
     return before, int(_icechunk().spec_version()) if dry_run else int(upgraded.spec_version)
 
 
-def begin(url: str, repo: Repository | None = None) -> tuple[Transaction, Session]:
+def begin(
+    url: str, repo: Repository | None = None, catch_up: CatchUp | None = None, base: str | None = None
+) -> tuple[Transaction, Session]:
     """A transaction from ``main``'s tip (the repository is made if there is none), and a writable
     session on its branch. ``repo``: the repository at ``url`` already opened, as a writer of virtual
-    references opens it (with its chunk containers)."""
+    references opens it (with its chunk containers). ``base``: publish only over this snapshot of
+    ``main`` (what a build found when it began), not over the tip. ``catch_up``: go on with a rebuild's
+    branch instead, to publish over ``main`` as it was when the rebuild last looked."""
     repo = repo or open_repository(url, create=True)
+    if catch_up is not None and catch_up.branch is not None:
+        return Transaction(url, catch_up.branch, catch_up.base or ""), repo.writable_session(catch_up.branch)
     _delete_stale_branches(repo)
-    base = repo.lookup_branch(MAIN)
+    tip = repo.lookup_branch(MAIN)
     branch = f"{RUN_BRANCH_PREFIX}{uuid.uuid4().hex[:12]}"
-    repo.create_branch(branch, base)
-    return Transaction(url, branch, base), repo.writable_session(branch)
+    repo.create_branch(branch, tip)
+    return Transaction(url, branch, base or tip), repo.writable_session(branch)
 
 
-def published_session(url: str, snapshot: str | None = None) -> Session:
-    """A read-only session on what readers see (``main``), or on ``snapshot``."""
+def tip(url: str) -> str:
+    """``main``'s snapshot ("": there is no repository yet)."""
+    return open_repository(url).lookup_branch(MAIN) if exists(url) else ""
+
+
+def published_session(url: str, snapshot: str | None = None, branch: str = MAIN) -> Session:
+    """A read-only session on what readers see (``main``), on ``snapshot``, or on a run's ``branch``."""
     repo = open_repository(url)
-    return repo.readonly_session(snapshot_id=snapshot) if snapshot else repo.readonly_session(branch=MAIN)
+    return repo.readonly_session(snapshot_id=snapshot) if snapshot else repo.readonly_session(branch=branch)
 
 
 def fork(txn: Transaction, n: int) -> list[ForkSession]:
@@ -180,20 +191,36 @@ def run_metadata(
     return metadata
 
 
-def commit_and_publish(txn: Transaction, session: Session, message: str, metadata: Mapping[str, Any]) -> str:
+def commit_and_publish(
+    txn: Transaction, session: Session, message: str, metadata: Mapping[str, Any], rebuild: bool = False
+) -> str:
     """Commit on the run's branch, then move ``main`` there if it is still where the run began."""
     snapshot = session.commit(message, metadata=dict(metadata))
+    publish(txn, snapshot, rebuild)
+    return snapshot
+
+
+def publish(txn: Transaction, snapshot: str | None = None, rebuild: bool = False) -> None:
+    """Move ``main`` to ``snapshot`` (default: the run branch's tip) if it is still at the run's base.
+    A ``rebuild`` that finds it moved (appends published while it ran) raises :class:`RebuildBehind`,
+    its branch kept, to be caught up; any other run fails, publishing nothing."""
     repo = open_repository(txn.url)
+    snapshot = snapshot or repo.lookup_branch(txn.branch)
     try:
         repo.reset_branch(MAIN, snapshot, from_snapshot_id=txn.base)
     except _icechunk().IcechunkError as e:
         now = repo.lookup_branch(MAIN)
+        if rebuild:
+            raise RebuildBehind(
+                f"{txn.url}: main moved while this rebuild ran (from {txn.base} to {now}): it catches up "
+                f"with what was published meanwhile (its work is kept on branch {txn.branch})",
+                CatchUp(txn.url, now, txn.branch),
+            ) from e
         raise PublishError(
             f"{txn.url}: main moved while this run worked (from {txn.base} to {now}): another run published "
             "first, and this one published nothing. Run again to build on what is there now."
         ) from e
     repo.delete_branch(txn.branch)
-    return snapshot
 
 
 def _delete_stale_branches(repo: Repository) -> None:

@@ -128,14 +128,17 @@ def list_recipes() -> list[RecipeSource]:
     return found
 
 
-def load_recipe(ref: str) -> Recipe:
+def load_recipe(ref: str, fresh: bool = False) -> Recipe:
     """The recipe ``ref`` names (:func:`find_recipe`): its module imported once per process for each
-    version of the file (kept workers serve many runs, and the file may change between them).
+    version of the file (kept workers serve many runs, and the file may change between them), or
+    again (``fresh``): what it computes at import (dates up to today) may have moved on.
 
     Whatever goes wrong (a syntax error, a bad argument, a missing import) is a
     :class:`~forge.errors.RecipeError` naming the recipe file and the line.
     """
     source = find_recipe(ref)
+    if fresh:
+        _module.cache_clear()
     module = _module(source.path, source.path.stat().st_mtime_ns)
     recipe = getattr(module, source.attr, None)
     if not isinstance(recipe, XarrayZarrRecipe | ReferenceRecipe):
@@ -174,13 +177,13 @@ def _line_in(exc: BaseException, path: Path) -> int | str:
     return lines[-1] if lines else "?"
 
 
-def frozen(ref: str) -> bytes:
+def frozen(ref: str, fresh: bool = False) -> bytes:
     """The recipe ``ref`` names as bytes any process can load without importing its module (cloudpickle,
     the module's own functions and data by value): code a module runs at import (crawling a server,
     searching a catalog) runs once per run, in the process that plans it, not in every worker. Every
     recipe module loaded goes by value, so a recipe made from another one (``load_recipe`` in its module,
     then ``dataclasses.replace``) travels too."""
-    recipe = load_recipe(ref)
+    recipe = load_recipe(ref, fresh)
     modules = [m for name, m in list(sys.modules.items()) if name.startswith(MODULE_PREFIX)]
     for module in modules:
         cloudpickle.register_pickle_by_value(module)

@@ -382,3 +382,61 @@ def test_a_dataset_with_no_update_within_stale_after_notifies_through_its_block(
                 if automation.name.startswith("forge: stale"):
                     client.delete_automation(automation.id)
         hooks.shutdown()
+
+
+def test_forge_run_rebuild_catches_up_with_an_append_published_while_it_ran(tmp_path):
+    """`forge run --rebuild` (the flow's ``rebuild``) on an Icechunk target, stopped at its last download
+    while an append publishes four more days: the flow catches up with them and publishes once."""
+    from forge.publish import icechunk as ic
+    from forge.replicas.server import SourceServer
+    from forge.testing import HeldFile
+
+    later = write_inputs(make_dataset(14), tmp_path / "later", 1)
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in later[:10]:
+        (src / path.name).write_bytes(path.read_bytes())
+    held = HeldFile(src, "/all_0009.nc")
+    with SourceServer(generate=held) as source:
+        recipe_dir = write_recipe(tmp_path, 10, chunk=3)
+        built = run_flow(recipe_dir, tmp_path, source, target_format="icechunk")
+        assert built.is_completed(), built.message
+        url = built.result()["url"]
+
+        held.hold()
+        ran: dict = {}
+        rebuild = threading.Thread(
+            target=lambda: ran.update(
+                state=recipe_flow(
+                    recipe=str(recipe_dir),
+                    target_root=str(tmp_path / "target"),
+                    cache_root=str(tmp_path / "cache-rebuild"),
+                    url_rewrites={SOURCE: source.url},
+                    target_format="icechunk",
+                    rebuild=True,
+                    return_state=True,
+                )
+            ),
+        )
+        rebuild.start()
+        assert held.reached.wait(180), "the rebuild never reached its last download"
+        for path in later[10:]:
+            (src / path.name).write_bytes(path.read_bytes())
+        write_recipe(tmp_path, 14, chunk=3)  # the calendar moved on
+        run = RunSpec(
+            str(recipe_dir / "recipe.py"),
+            "demo",
+            str(tmp_path / "target"),
+            str(tmp_path / "cache"),
+            url_rewrites=((SOURCE, source.url),),
+            target_format="icechunk",
+        )
+        assert run_locally(load_recipe(run.recipe, fresh=True), run, append=True)["appended"] == 4
+        held.release()
+        rebuild.join(300)
+    state = ran["state"]
+    assert state.is_completed(), state.message
+    assert_store_matches(url, later)
+    newest = ic.history(url)[0]
+    assert "caught up" in newest.message and newest.metadata["forge:concat_inputs"] == 14
+    assert "catches up" in logs(state.state_details.flow_run_id)
