@@ -213,6 +213,8 @@ def forge_flow(
             "server_start": t_api,
             "store_seconds": summary["timings"]["store"],
             "cache_prepare_seconds": summary["timings"]["cache + prepare"],
+            "finalize_seconds": summary["timings"].get("finalize", 0.0),
+            "catalog_seconds": summary["timings"].get("catalog", 0.0),
             "stored_mb": summary["stored_bytes"] / 1e6,
         }
         if target_format == "icechunk":  # and a daily update: one more day, one commit
@@ -335,7 +337,8 @@ def main() -> None:
         f = results["forge"]
         print(
             f"forge fixed start-up: Prefect server and Dask cluster {f['server_start']:.1f}s; "
-            f"cache+prepare {f['cache_prepare_seconds']:.1f}s"
+            f"cache+prepare {f['cache_prepare_seconds']:.1f}s; finalize {f['finalize_seconds']:.1f}s; "
+            f"catalog {f['catalog_seconds']:.1f}s"
         )
     if {"forge", "forge_icechunk"} <= results.keys():
         ratio = results["forge_icechunk"]["store_seconds"] / results["forge"]["store_seconds"]

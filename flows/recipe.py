@@ -181,7 +181,9 @@ def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
     t2 = time.perf_counter()
     summary = in_stage("finalize-target", finalize_target, target, written)
     timings["finalize"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
     summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
+    timings["catalog"] = time.perf_counter() - t3
     timings["total"] = time.perf_counter() - t0
     first_url = next(iter(recipe_for(run).pattern.items()))[1]
     summary_artifact(run, target, summary, source_text(first_url, run), timings)
