@@ -11,7 +11,6 @@ same place, so the result is the same as an uninterrupted append, and the same a
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,33 +21,26 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from forge.engine.attrs import COMPLETE_ATTR, FINGERPRINT_ATTR, INPUTS_ATTR, PROVISIONAL
 from forge.engine.caching import source_probe
 from forge.engine.schema import InputSummary, Template, VariableSpec
 from forge.engine.target import (
-    COMPLETE_ATTR,
-    FINGERPRINT_ATTR,
-    INPUTS_ATTR,
-    PROVISIONAL,
-    PROVISIONAL_ATTRS,
     checks_for,
     combine_inputs,
     current_group,
     digest_inputs,
     n_write_batches,
-    open_group,
-    pending_marker,
     plan_write_batches,
     provisional_flags,
-    published_group,
     stack_of,
-    write_coordinate,
 )
+from forge.engine.targets import target_at
+from forge.engine.targets.base import dims_of
 from forge.engine.times import decode_times, exact_encoding, is_time_units
 from forge.engine.types import RunSpec, TargetSpec, WriteBatch, cache_key
 from forge.engine.writers import write_units
 from forge.errors import ForgeError
 from forge.io.storage import Storage
-from forge.publish import icechunk as icechunk_target
 from forge.recipe.patterns import FilePattern
 from forge.recipe.recipes import XarrayZarrRecipe
 
@@ -58,7 +50,6 @@ logger = logging.getLogger(__name__)
 # the source's frontier and probes this many past it for a gap.
 LINEAR_PROBES = 64
 GAP_LOOKAHEAD = 5
-ARRAY_DOCUMENTS = ("zarr.json", ".zarray", ".zattrs")  # an array's metadata, Zarr v3 and v2
 PACKING = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
@@ -77,24 +68,18 @@ class StoreState:
     coordinate: dict[str, Any] | None = None
 
 
-def dims_of(arr: zarr.Array) -> tuple[str, ...]:
-    names = getattr(arr.metadata, "dimension_names", None)
-    return tuple(names) if names else tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
-
-
 def read_state(
     url: str, concat_dim: str, target_format: str = "zarr", group: zarr.Group | None = None
 ) -> StoreState:
     """How far the store at ``url`` goes along ``concat_dim`` (``group``: read there, not from what is
-    published). Only Zarr stores have pending appends: an Icechunk target's never published."""
-    group = group if group is not None else published_group(url, target_format)
+    published), or where an interrupted append started (a Zarr store's marker)."""
+    target = target_at(url, target_format)
+    group = group if group is not None else target.published_group()
     if group is None:
         raise AppendError(f"{url} does not exist: build it first (run without --append)")
     attrs = dict(group.attrs)
-    storage, key = pending_marker(url)
-    marker = storage.read_text(key) if target_format == "zarr" else None
-    if marker:
-        pending = json.loads(marker)
+    pending = target.interrupted_append()
+    if pending:
         return StoreState(
             concat_dim,
             int(pending["from_inputs"]),
@@ -277,29 +262,18 @@ def prepare_append(
     ordered = sorted(summaries, key=lambda s: s.key)
     first_url = ordered[0].url
     template = combine_inputs(recipe, ordered)
-    transaction = None
     url = run.store_url  # the published store, or the rebuild this append catches up
-    if run.transactional:  # everything on the run's branch, from main as it is now
-        transaction, session = icechunk_target.begin(url, catch_up=run.catch_up)
-        group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
-        state = read_state(url, dim, run.target_format, group)
-    else:
-        state = read_state(url, dim)
-        group = open_group(url)
+    target = target_at(url, run.target_format)
+    work = target.begin_append(run)
+    group = work.group()
+    state = read_state(url, dim, run.target_format, group)
     if run.append_from is not None and run.append_from < state.concat_inputs:
         # Provisional steps replaced: the append starts at the first of them, as if the store ended there.
         nitems = recipe.pattern.concat_dim.nitems_per_file or 1
         state = replace(state, concat_inputs=run.append_from, length=run.append_from * nitems)
-    if state.pending:  # a crash may have resized some arrays and not others: back to the recorded start
-        if state.coordinate:
-            _restore_array(Storage(url), dim, state.coordinate)
-            group = open_group(url)
-        for _, arr in group.arrays():
-            dims = dims_of(arr)
-            if dim in dims and arr.shape[dims.index(dim)] != state.length:
-                arr.resize(
-                    tuple(state.length if d == dim else n for d, n in zip(dims, arr.shape, strict=True))
-                )
+    if state.pending:  # an append died here: back to where it started
+        target.resume(work, dim, state.length, state.coordinate)
+        group = work.group()
     check_compatible(group, template, first_url)
     new_values = np.asarray(template.concat_values)
     stored = group[dim][: state.length]
@@ -315,33 +289,18 @@ def prepare_append(
     n_new = int(sum(template.lengths))
     total = state.length + n_new
     concat_inputs = state.concat_inputs + len(template.lengths)
-    if transaction is None:
-        # The intent first: a crash from here on is finished by the next append, from the same start.
-        marker = {
-            "from_inputs": state.concat_inputs,
-            "from_length": state.length,
-            "coordinate": state.coordinate or _record_array(Storage(url), dim, stored),
-        }
-        if flags is not None:
-            marker["provisional"] = flags[0].tolist()
-        storage, key = pending_marker(url)
-        storage.write_text(key, json.dumps(marker))
-    # On a Zarr store the coordinate keeps its length until the commit (finalize rewrites it in one
-    # chunk): readers of the consolidated metadata see the old extent, data and all, until then.
+    start = (state.concat_inputs, state.length)
+    target.record_intent(work, dim, start, stored, state.coordinate, flags[0] if flags else None)
     chunk = None
     for name, arr in group.arrays():
         dims = dims_of(arr)
-        if dim in dims and name not in (dim, PROVISIONAL):  # those two are written whole at the commit
+        if dim in dims and name not in (dim, PROVISIONAL):  # those two are written whole, at once
             axis = dims.index(dim)
             arr.resize(tuple(total if i == axis else n for i, n in enumerate(arr.shape)))
             chunk = chunk or write_units(arr)[axis]
-    sessions = []
-    if transaction is not None:  # nobody reads the run's branch: the coordinate is written now
-        write_coordinate(group, dim, np.concatenate([stored, encoded]))
-        if flags is not None:
-            write_flags(group, dim, np.concatenate(flags))
-        session.commit(f"{run.recipe_id}: template", metadata={"forge:stage": "prepare"})
-        sessions = icechunk_target.fork(transaction, n_write_batches(recipe, run.workers))
+    new_coordinate, new_provisional = target.extend_coordinate(work, dim, stored, encoded, flags)
+    n_batches = n_write_batches(recipe, run.workers)
+    sessions = target.template_written(work, f"{run.recipe_id}: template", n_batches)
     batches = plan_write_batches(
         recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers, sessions=sessions
     )
@@ -353,7 +312,6 @@ def prepare_append(
         dim,
         new_values[0],
     )
-    beside = run.catch_up is not None and transaction is None  # a Zarr rebuild's store, published after
     spec = TargetSpec(
         run,
         url,
@@ -368,62 +326,16 @@ def prepare_append(
         n_chunks=sum(len(b.chunks) for b in batches),
         concat_inputs=concat_inputs,
         appended=n_new,
-        new_coordinate=encoded if transaction is None else None,
-        new_provisional=flags[1] if flags is not None and transaction is None else None,
+        new_coordinate=new_coordinate,
+        new_provisional=new_provisional,
         checks=checks_for(recipe, run, template),
         stack=stack_of(template),
-        transaction=transaction,
-        publish_to=run.target_url if beside else None,
-        publish_base=run.catch_up.base if beside else None,
+        transaction=work.transaction,
+        publish_to=work.publish_to,
+        publish_base=work.publish_base,
         dataset_version=group.attrs.get("forge:dataset_version"),  # appends never change it
     )
     return spec, batches
-
-
-def commit_coordinate(target: TargetSpec) -> None:
-    """Write the appended concat coordinate in one chunk: the recorded values, then the new ones. The
-    array is first put back as the marker recorded it, so a crash in the middle of this is redone."""
-    storage, key = pending_marker(target.url)
-    record = json.loads(storage.read_text(key) or "{}").get("coordinate")
-    if record is None:
-        raise AppendError(f"{target.url}: the append's marker is gone; run the append again")
-    marker = json.loads(storage.read_text(key) or "{}")
-    _restore_array(Storage(target.url), target.concat_dim, record)
-    stored = np.asarray(record["values"], dtype=target.new_coordinate.dtype)
-    group = open_group(target.url)
-    write_coordinate(group, target.concat_dim, np.concatenate([stored, target.new_coordinate]))
-    if target.new_provisional is not None:
-        held = np.asarray(marker.get("provisional", np.zeros(len(stored))), bool)
-        write_flags(group, target.concat_dim, np.concatenate([held, target.new_provisional]))
-
-
-def write_flags(group: zarr.Group, dim: str, flags: np.ndarray) -> None:
-    """The store's ``provisional`` flags, whole, in one chunk (made if the store, built before its
-    pattern had provisional files, has none)."""
-    if PROVISIONAL not in group:
-        v3 = group.metadata.zarr_format == 3
-        attrs = dict(PROVISIONAL_ATTRS, **({} if v3 else {"_ARRAY_DIMENSIONS": [dim]}))
-        extra = {"dimension_names": [dim]} if v3 else {}
-        group.create_array(
-            PROVISIONAL, shape=flags.shape, chunks=flags.shape, dtype=bool, attributes=attrs, **extra
-        )
-    write_coordinate(group, PROVISIONAL, flags)
-
-
-def _record_array(storage: Storage, name: str, values: np.ndarray) -> dict[str, Any]:
-    """What restores the 1-D array ``name`` exactly: its metadata documents (Zarr v3 or v2) and values."""
-    documents = {doc: storage.read_text(f"{name}/{doc}") for doc in ARRAY_DOCUMENTS}
-    return {"documents": {k: v for k, v in documents.items() if v is not None}, "values": values.tolist()}
-
-
-def _restore_array(storage: Storage, name: str, record: dict[str, Any]) -> None:
-    for doc, text in record["documents"].items():
-        storage.write_text(f"{name}/{doc}", text)
-    arr = open_group(storage.root)[name]
-    values = np.asarray(record["values"], dtype=arr.dtype)
-    if arr.shape != values.shape:  # an append that replaces provisional steps recorded fewer values
-        arr.resize(values.shape)
-    arr[:] = values
 
 
 def plan_append(

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forge.engine.append import commit_coordinate, plan_append, prepare_append
+from forge.engine.append import plan_append, prepare_append
 from forge.engine.caching import cache_batch, plan_cache, source_probe
 from forge.engine.schema import InputSummary
 from forge.engine.target import began, finalize_target, prepare_target, publish_staged
@@ -126,7 +126,5 @@ def finalize(
     the consolidated metadata (the commit point readers see); on an Icechunk target, one commit of what
     the store batches wrote (:func:`forge.engine.target.finalize_target`). The batches' statistics of the
     newest steps become the store's health record."""
-    if target.new_coordinate is not None and not target.complete:
-        commit_coordinate(target)
     sessions = [s.session for s in stored if s.session is not None]
     return finalize_target(recipe, target, provenance, sessions, [s.health for s in stored])

@@ -12,10 +12,8 @@ import datetime as dt
 import hashlib
 import logging
 import math
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dask.array
@@ -24,17 +22,24 @@ import xarray as xr
 import zarr
 
 from forge._version import __version__
-from forge.engine.acceptance import ReadersView, publish_metadata, run_checks
+from forge.engine.attrs import COMPLETE_ATTR, FINGERPRINT_ATTR, INPUTS_ATTR, PROVISIONAL, PROVISIONAL_ATTRS
 from forge.engine.caching import opened
 from forge.engine.chunking import dynamic_chunks
 from forge.engine.plan import Stack, batch_chunks, chunk_writes, default_chunk
 from forge.engine.schema import InputSummary, Template, VariableSpec, combine, merge_part
+from forge.engine.targets import target_at
+from forge.engine.targets.zarr_target import (  # noqa: F401  (the Zarr target's, as the engine names them)
+    move_into_place,
+    open_group,
+    pending_marker,
+    staging_url,
+    swap_in,
+)
 from forge.engine.times import exact_encoding, is_time_units
 from forge.engine.types import RunSpec, TargetSpec, WriteBatch
 from forge.errors import RecipeCodeError, RecipeError
-from forge.io.storage import Storage, zarr_store
-from forge.publish import icechunk as icechunk_target
-from forge.publish.transaction import CatchUp, RebuildBehind, Transaction
+from forge.io.storage import Storage
+from forge.publish import icechunk as icechunk_commits
 from forge.publish.validate import (
     HEALTH_ATTR,
     Checks,
@@ -47,61 +52,26 @@ from forge.recipe.recipes import XarrayZarrRecipe
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_ATTR = "forge:complete"
-FINGERPRINT_ATTR = "forge:fingerprint"
-INPUTS_ATTR = "forge:concat_inputs"  # concat positions the store holds: where an append starts
-# A pattern with provisional files: which steps come from one (True) and will be replaced by its final
-PROVISIONAL = "provisional"
-PROVISIONAL_ATTRS = {"long_name": "read from the provisional file: replaced once the final file is out"}
+__all__ = ["COMPLETE_ATTR", "FINGERPRINT_ATTR", "INPUTS_ATTR", "PROVISIONAL", "PROVISIONAL_ATTRS"]
 # Two, not one: a worker that finishes early takes another batch while a slower one still writes.
 WRITE_BATCHES_PER_WORKER = 2
-
-
-def pending_marker(url: str) -> tuple[Storage, str]:
-    """Where an append records its start while it writes: a file next to the store, so that the root
-    group (and its consolidated metadata, which readers use) is not touched until the append commits."""
-    parent, name = url.rstrip("/").rsplit("/", 1)
-    return Storage(parent), f"{name}.pending-append.json"
-
-
-def open_group(url: str, mode: str = "r+") -> zarr.Group:
-    # Never the consolidated copy: it is stale while a run writes (it is rewritten at the end).
-    return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, use_consolidated=False)
 
 
 def published_store(url: str, target_format: str, branch: str | None = None) -> zarr.abc.store.Store | None:
     """What readers see of the target, read-only (None: nothing is published there yet); ``branch``: an
     Icechunk run's branch instead."""
-    if target_format == "icechunk":
-        if not icechunk_target.exists(url):
-            return None
-        return icechunk_target.published_session(url, branch=branch or icechunk_target.MAIN).store
-    return zarr_store(url, read_only=True)
+    return target_at(url, target_format).published_store(branch)
 
 
 def published_group(url: str, target_format: str, branch: str | None = None) -> zarr.Group | None:
-    store = published_store(url, target_format, branch)
-    if store is None:
-        return None
-    try:
-        return zarr.open_group(store, mode="r", use_consolidated=False)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
-        return None
+    return target_at(url, target_format).published_group(branch)
 
 
 def current_group(run: RunSpec) -> zarr.Group | None:
     """The store a run appends to, read-only: what is published, or the unpublished rebuild it catches
     up (a Zarr store beside the published one, or an Icechunk run branch)."""
     branch = run.catch_up.branch if run.catch_up else None
-    return published_group(run.store_url, run.target_format, branch)
-
-
-def published_id(url: str, target_format: str) -> str:
-    """Which state of the target readers see ("": none): its fingerprint, or ``main``'s snapshot."""
-    if target_format == "icechunk":
-        return icechunk_target.tip(url)
-    group = published_group(url, target_format)
-    return str(group.attrs.get(FINGERPRINT_ATTR, "")) if group is not None else ""
+    return target_at(run.store_url, run.target_format).published_group(branch)
 
 
 def began(run: RunSpec) -> RunSpec:
@@ -109,7 +79,8 @@ def began(run: RunSpec) -> RunSpec:
     then caught up before it publishes, even those before its prepare stage."""
     if run.append_from is not None or run.catch_up is not None:
         return run
-    return dataclasses.replace(run, published_base=published_id(run.target_url, run.target_format))
+    published = target_at(run.target_url, run.target_format).published_id()
+    return dataclasses.replace(run, published_base=published)
 
 
 def checks_for(recipe: XarrayZarrRecipe, run: RunSpec, template: Template) -> Checks:
@@ -223,25 +194,6 @@ def provisional_flags(summaries: Sequence[InputSummary], template: Template) -> 
     flagged = {s.key[concat] for s in summaries if s.provisional}
     positions = sorted({s.key[concat] for s in summaries})
     return np.repeat([p in flagged for p in positions], template.lengths).astype(bool)
-
-
-def write_coordinate(group: zarr.Group, name: str, values: np.ndarray) -> None:
-    """Replace the 1-D array ``name`` by ``values`` in one chunk, keeping its metadata (an append grows
-    the concat coordinate, which stays one chunk)."""
-    old = group[name]
-    kwargs: dict[str, Any] = {
-        "shape": values.shape,
-        "chunks": values.shape,
-        "dtype": old.dtype,
-        "fill_value": old.fill_value,
-        "compressors": old.compressors,
-        "filters": old.filters,
-        "attributes": dict(old.attrs),
-        "overwrite": True,
-    }
-    if old.metadata.zarr_format == 3:
-        kwargs["dimension_names"] = old.metadata.dimension_names
-    group.create_array(name, **kwargs)[:] = values
 
 
 def fingerprint(
@@ -426,17 +378,19 @@ def prepare_target(
         recipe = dataclasses.replace(recipe, target_chunks=whole)
     fp = fingerprint(recipe, template, summaries, run.version)
     url = run.target_url
-    published = published_group(url, run.target_format)
+    kind = target_at(url, run.target_format)
+    published = kind.published_group()
     existing = dict(published.attrs) if published is not None else {}
     same = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
     complete = same and not run.rebuild
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
-    transaction, sessions, publish_to, publish_base = None, [], None, None
+    work, sessions = None, []
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
     else:
+        now = kind.published_id()
         length = published[template.concat_dim].shape[0] if template.concat_dim in (published or {}) else 0
-        if run.published_base not in (None, published_id(url, run.target_format)):
+        if run.published_base not in (None, now):
             length = 0  # appends published since the build began: it catches up with them at its publish
         check_template(run, template, existing, length)
         ds = _template_dataset(recipe, run, template, summaries, chunk)
@@ -444,24 +398,15 @@ def prepare_target(
         if flags is not None and flags.any():  # a store of final files only has none (until it has one)
             ds = ds.assign_coords({PROVISIONAL: (template.concat_dim, flags, PROVISIONAL_ATTRS)})
             ds[PROVISIONAL].encoding = {"chunks": (len(flags),)}
-        if run.transactional:
-            transaction, session = icechunk_target.begin(url, base=run.published_base)
-            store = session.store
-        elif existing.get(COMPLETE_ATTR) is True:  # readers keep the previous build until this one is done
-            base = existing.get(FINGERPRINT_ATTR) if run.published_base is None else run.published_base
-            publish_to, publish_base, url = url, base, staging_url(url)
-            Storage(url).delete("")
-            marker, key = pending_marker(url)  # a catch-up of an earlier rebuild that died there
-            marker.delete(key)
-            store = zarr_store(url)
-        else:
-            store = zarr_store(url)
+        base = now if run.published_base is None else run.published_base
+        work = kind.begin_build(run, existing.get(COMPLETE_ATTR) is True, base)
+        url = work.url
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            ds.to_zarr(store, mode="w", compute=False, zarr_format=recipe.zarr_format, consolidated=False)
-        if transaction is not None:
-            session.commit(f"{run.recipe_id}: template", metadata={"forge:stage": "prepare"})
-            sessions = icechunk_target.fork(transaction, n_write_batches(recipe, run.workers))
+            fmt = recipe.zarr_format
+            ds.to_zarr(work.store, mode="w", compute=False, zarr_format=fmt, consolidated=False)
+        n_batches = n_write_batches(recipe, run.workers)
+        sessions = kind.template_written(work, f"{run.recipe_id}: template", n_batches)
         logger.info("prepared %s: %s", url, dict(template.sizes))
     batches = (
         []
@@ -487,53 +432,12 @@ def prepare_target(
         concat_inputs=len(template.lengths) if template.concat_dim else 1,
         checks=checks_for(recipe, run, template),
         stack=stack_of(template),
-        transaction=transaction,
-        publish_to=publish_to,
-        publish_base=publish_base,
+        transaction=work.transaction if work else None,
+        publish_to=work.publish_to if work else None,
+        publish_base=work.publish_base if work else None,
         dataset_version=run.version,
     )
     return spec, batches
-
-
-def staging_url(url: str) -> str:
-    """Where a Zarr store is rebuilt beside its published self: ``.{name}.next`` in the same folder."""
-    parent, name = url.rstrip("/").rsplit("/", 1)
-    return f"{parent}/.{name}.next"
-
-
-ZARR_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
-
-
-def move_into_place(staging: str, url: str) -> None:
-    """Replace the store at ``url`` by the finished one at ``staging``: two renames on local disk (a
-    moment with neither). Object storage has no rename: the new objects are copied over the old ones,
-    chunks first and metadata last (readers keep the old metadata until the data is there), then the old
-    store's objects the new one lacks are deleted, then the staging copy. Use Icechunk for an atomic swap.
-    """
-    parent, name = url.rstrip("/").rsplit("/", 1)
-    storage = Storage(parent)
-    source, target = storage._path(staging.rsplit("/", 1)[1]), storage._path(name)
-    if storage.supports_local_paths:
-        previous = Path(storage._path(f".{name}.previous"))
-        shutil.rmtree(previous, ignore_errors=True)
-        Path(target).rename(previous)
-        Path(source).rename(target)
-        shutil.rmtree(previous, ignore_errors=True)
-        return
-    fs = storage.fs
-    # Objects, not directories: a recursive copy also copies "directories", which object stores do not
-    # have (s3fs failed there, after the old store had been deleted).
-    new = {path[len(source) :].lstrip("/") for path in fs.find(source)}
-    for metadata in (False, True):
-        part = sorted(key for key in new if key.endswith(ZARR_METADATA) == metadata)
-        if part:
-            fs.copy([f"{source}/{key}" for key in part], [f"{target}/{key}" for key in part])
-    # Directories of the new store are kept: some object stores (Azure) list their markers as objects.
-    kept = new | {key.rsplit("/", i)[0] for key in new for i in range(1, key.count("/") + 1)}
-    stale = [path for path in fs.find(target) if path[len(target) :].strip("/") not in kept]
-    if stale:
-        fs.rm(stale)
-    fs.rm(source, recursive=True)
 
 
 def commit_attrs(
@@ -579,83 +483,29 @@ def finalize_target(
     merged, those attrs, and one commit that ``main`` moves to only if no other run published first."""
     if target.complete:
         return describe(target.published_url, target.concat_dim, target.format)
-    if target.transaction is not None:
-        session = icechunk_target.merged(target.transaction, sessions)
-        group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
-        group.attrs.update(
-            {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
-        )
-        if recipe.tests:  # on the commit as readers will open it (consolidated too, if they ask)
-            view = ReadersView(session.store)
-            publish_metadata(view, {}, True, recipe.zarr_format)
-            run_checks(recipe.tests, view, target.url, consolidated=None)
-        appended = target.run.append_from is not None
-        kind = "append" if appended and not target.run.catch_up else "build"
-        span = f"{target.appended} items appended" if appended else f"{target.n_inputs} inputs"
-        span += ", caught up with what was published meanwhile" if target.run.catch_up else ""
-        metadata = icechunk_target.run_metadata(
-            kind,
-            target.run.recipe_id,
-            provenance,
-            target.n_inputs,
-            target.concat_inputs,
-            target.run.append_from,
-        )
-        icechunk_target.commit_and_publish(
-            target.transaction,
-            session,
-            f"{target.run.recipe_id}: {kind}, {span}",
-            metadata,
-            rebuild=is_rebuild(target.run),
-        )
-        return describe(target.url, target.concat_dim, target.format)
-    group = open_group(target.url)
-    attrs = {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)}
-    if recipe.tests:  # on the store as readers will see it, its metadata in memory until they pass
-        view = ReadersView(zarr_store(target.url))
-        publish_metadata(view, attrs, recipe.consolidated, recipe.zarr_format)
-        run_checks(recipe.tests, view, target.url, consolidated=recipe.consolidated or None)
-    publish_metadata(zarr_store(target.url), attrs, recipe.consolidated, recipe.zarr_format)
-    storage, key = pending_marker(target.url)
-    storage.delete(key)  # an append is committed (into a rebuild's store, when it catches one up)
-    if target.publish_to:
-        swap_in(target.url, target.publish_to, target.publish_base)
+    run = target.run
+    appended = run.append_from is not None
+    kind = "append" if appended and not run.catch_up else "build"
+    span = f"{target.appended} items appended" if appended else f"{target.n_inputs} inputs"
+    span += ", caught up with what was published meanwhile" if run.catch_up else ""
+    metadata = icechunk_commits.run_metadata(
+        kind, run.recipe_id, provenance, target.n_inputs, target.concat_inputs, run.append_from
+    )
+    target_at(target.url, target.format).publish(
+        recipe,
+        target,
+        lambda group: {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)},
+        sessions,
+        f"{run.recipe_id}: {kind}, {span}",
+        metadata,
+    )
     return describe(target.published_url, target.concat_dim, target.format)
-
-
-def is_rebuild(run: RunSpec) -> bool:
-    """Whether a run that finds the published store moved on catches up with it (a build, or the
-    catch-up of one), rather than failing (an append: the next one adds what it missed)."""
-    return run.append_from is None or run.catch_up is not None
-
-
-def swap_in(staged: str, url: str, base: str | None) -> None:
-    """Publish the Zarr store rebuilt at ``staged`` in place of ``url`` if ``url`` is still what it was
-    when the rebuild began (its fingerprint ``base``) and no append is writing to it; otherwise raise
-    :class:`RebuildBehind`, to catch the rebuild up with what was published meanwhile."""
-    published = published_group(url, "zarr")
-    now = published.attrs.get(FINGERPRINT_ATTR) if published is not None else None
-    marker, key = pending_marker(url)
-    if now != base or marker.exists(key):
-        what = "an append is writing to it" if now == base else "an append published"
-        raise RebuildBehind(
-            f"{url}: {what} while this rebuild ran: it catches up before it is published (its store is "
-            f"kept at {staged})",
-            CatchUp(staged, now),
-        )
-    move_into_place(staged, url)
 
 
 def publish_staged(run: RunSpec, concat_dim: str | None) -> dict:
     """Publish a caught-up rebuild that had nothing left to append: over what is published now, if
     nothing moved it since the catch-up looked (else :class:`RebuildBehind` again)."""
-    catch_up = run.catch_up
-    if catch_up is None:
-        raise ValueError("publish_staged needs a run that catches a rebuild up")
-    if catch_up.branch is not None:
-        icechunk_target.publish(Transaction(catch_up.url, catch_up.branch, catch_up.base or ""), rebuild=True)
-    else:
-        swap_in(catch_up.url, run.target_url, catch_up.base)
+    target_at(run.store_url, run.target_format).publish_staged(run)
     return describe(run.target_url, concat_dim, run.target_format)
 
 

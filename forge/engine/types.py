@@ -62,10 +62,6 @@ class RunSpec:
         that this run catches up (an Icechunk rebuild's work is a branch of the target)."""
         return self.catch_up.url if self.catch_up else self.target_url
 
-    @property
-    def transactional(self) -> bool:
-        return self.target_format == "icechunk"
-
 
 def cache_key(url: str) -> str:
     """Where a source lands in the cache: a digest of its URL plus its file name. Secret-free by design,

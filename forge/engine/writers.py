@@ -24,7 +24,7 @@ from xarray.conventions import encode_cf_variable
 from forge.engine.caching import opened
 from forge.engine.plan import ChunkWrite, Stack
 from forge.engine.schema import VariableSpec
-from forge.engine.target import open_group
+from forge.engine.targets import target_at
 from forge.engine.types import TargetSpec, WriteBatch
 from forge.errors import RecipeCodeError
 from forge.io.openers import RawInput
@@ -245,11 +245,7 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     """
     t0 = time.perf_counter()
     stats = BatchStats(session=batch.session)
-    group = (
-        zarr.open_group(batch.session.store, mode="r+", use_consolidated=False)
-        if batch.session is not None
-        else open_group(target.url)
-    )
+    group = target_at(target.url, target.format).batch_group(target, batch)
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None
     inputs = _Inputs(recipe, target, batch)

@@ -1,4 +1,5 @@
-"""A Zarr store rebuilt beside the published one: swapped in only over what the rebuild began from."""
+"""The Zarr target: a store rebuilt beside the published one is swapped in only over what the rebuild
+began from; an append's marker says where it started."""
 
 from __future__ import annotations
 
@@ -8,14 +9,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from forge.engine.target import (
-    FINGERPRINT_ATTR,
-    began,
-    pending_marker,
-    published_id,
-    staging_url,
-    swap_in,
-)
+from forge.engine.attrs import FINGERPRINT_ATTR
+from forge.engine.target import began
+from forge.engine.targets import target_at
+from forge.engine.targets.zarr_target import ZarrTarget, pending_marker, staging_url, swap_in
 from forge.engine.types import RunSpec
 from forge.publish.transaction import RebuildBehind
 
@@ -61,7 +58,8 @@ def test_a_rebuild_that_an_append_overtook_catches_up_first(rebuilt):
 def test_a_rebuild_never_swaps_while_an_append_is_writing(rebuilt):
     staged, url = rebuilt
     marker, key = pending_marker(url)
-    marker.write_text(key, "{}")
+    marker.write_text(key, '{"from_inputs": 10, "from_length": 10}')
+    assert ZarrTarget(url).interrupted_append() == {"from_inputs": 10, "from_length": 10}
     with pytest.raises(RebuildBehind, match="an append is writing to it"):
         swap_in(staged, url, "a")
     assert days_at(url) == 10
@@ -69,7 +67,8 @@ def test_a_rebuild_never_swaps_while_an_append_is_writing(rebuilt):
 
 def test_a_build_notes_what_was_published_when_it_began(rebuilt, tmp_path: Path):
     _, url = rebuilt
-    assert published_id(url, "zarr") == "a" and published_id(str(tmp_path / "none.zarr"), "zarr") == ""
+    assert target_at(url, "zarr").published_id() == "a"
+    assert target_at(str(tmp_path / "none.zarr"), "zarr").published_id() == ""
     run = RunSpec("demo", "demo", str(tmp_path), str(tmp_path / "cache"), version="1.0")
     assert run.target_url == url and began(run).published_base == "a"
     assert began(RunSpec("d", "d", str(tmp_path), "c", append_from=3)).published_base is None  # appends

@@ -1,0 +1,101 @@
+"""Icechunk repositories: every run works on a branch of its own and publishes in one commit, moving
+``main`` by compare-and-swap (forge.publish.icechunk); store batches write through forks of the run's
+session."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from forge.engine.acceptance import ReadersView, publish_metadata, run_checks
+from forge.engine.targets.base import AttrsFor, Target, Work, is_rebuild, write_coordinate, write_flags
+from forge.publish import icechunk as repository
+from forge.publish.transaction import Transaction
+
+if TYPE_CHECKING:
+    from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+    from forge.recipe.recipes import XarrayZarrRecipe
+
+
+class IcechunkTarget(Target):
+    format = "icechunk"
+
+    def published_store(self, branch: str | None = None) -> zarr.abc.store.Store | None:
+        if not repository.exists(self.url):
+            return None
+        return repository.published_session(self.url, branch=branch or repository.MAIN).store
+
+    def published_id(self) -> str:
+        return repository.tip(self.url)
+
+    def begin_build(self, run: RunSpec, replacing: bool, base: str) -> Work:
+        # Readers keep main until the commit, whatever the build replaces.
+        transaction, session = repository.begin(self.url, base=base or None)
+        return Work(self.url, session.store, transaction, session=session)
+
+    def begin_append(self, run: RunSpec) -> Work:
+        # Everything on the run's branch, from main as it is now (or on the rebuild it catches up).
+        transaction, session = repository.begin(self.url, catch_up=run.catch_up)
+        return Work(self.url, session.store, transaction, session=session)
+
+    def record_intent(
+        self,
+        work: Work,
+        dim: str,
+        start: tuple[int, int],
+        stored: np.ndarray,
+        recorded: dict[str, Any] | None,
+        held: np.ndarray | None,
+    ) -> None:
+        """Nothing to record: a run that dies leaves ``main`` as it was (its branch is deleted later)."""
+
+    def extend_coordinate(
+        self,
+        work: Work,
+        dim: str,
+        stored: np.ndarray,
+        new: np.ndarray,
+        flags: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        # Nobody reads the run's branch: the coordinate is written now.
+        group = work.group()
+        write_coordinate(group, dim, np.concatenate([stored, new]))
+        if flags is not None:
+            write_flags(group, dim, np.concatenate(flags))
+        return None, None
+
+    def template_written(self, work: Work, message: str, n_batches: int) -> list[Any]:
+        # Icechunk forks only a session without uncommitted changes: the template is a commit of its own
+        # on the run's branch (never published: main moves to the run's final commit only).
+        work.session.commit(message, metadata={"forge:stage": "prepare"})
+        return repository.fork(work.transaction, n_batches)
+
+    def batch_group(self, target: TargetSpec, batch: WriteBatch) -> zarr.Group:
+        return zarr.open_group(batch.session.store, mode="r+", use_consolidated=False)
+
+    def publish(
+        self,
+        recipe: XarrayZarrRecipe,
+        target: TargetSpec,
+        attrs_for: AttrsFor,
+        sessions: Sequence[Any],
+        message: str,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        session = repository.merged(target.transaction, sessions)
+        group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
+        group.attrs.update(attrs_for(group))
+        if recipe.tests:  # on the commit as readers will open it (consolidated too, if they ask)
+            view = ReadersView(session.store)
+            publish_metadata(view, {}, True, recipe.zarr_format)
+            run_checks(recipe.tests, view, target.url, consolidated=None)
+        repository.commit_and_publish(target.transaction, session, message, metadata, is_rebuild(target.run))
+
+    def publish_staged(self, run: RunSpec) -> None:
+        catch_up = run.catch_up
+        if catch_up is None or catch_up.branch is None:
+            raise ValueError("publish_staged needs a run that catches an Icechunk rebuild up")
+        repository.publish(Transaction(self.url, catch_up.branch, catch_up.base or ""), rebuild=True)
