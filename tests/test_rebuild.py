@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import xarray as xr
 
-from forge.engine.target import published_group
+from forge.engine.targets import target_at
 from forge.engine.types import RunSpec
 from forge.publish import icechunk as ic
 from forge.recipe.loading import load_recipe
@@ -33,7 +33,7 @@ recipe = XarrayZarrRecipe(pattern, target_chunks={{"time": 3}}, max_write_batche
 
 def version_of(run: RunSpec) -> str:
     """The dataset version readers see at the run's target."""
-    return published_group(run.target_url, run.target_format).attrs["forge:dataset_version"]
+    return target_at(run.target_url, run.target_format).published_group().attrs["forge:dataset_version"]
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "icechunk"])

@@ -27,13 +27,13 @@ import xarray as xr
 from forge.catalog.page import Entry, catalog_page, open_snippets
 from forge.catalog.pictures import health_png, main_variables, quicklook_png
 from forge.catalog.stac import StoreInfo, collection_for, item_for
+from forge.engine.attrs import COMPLETE_ATTR
 from forge.engine.references import REFERENCED_INPUTS_ATTR, open_references
-from forge.engine.target import COMPLETE_ATTR, published_store
+from forge.engine.targets import target_at
 from forge.engine.types import RunSpec
 from forge.errors import RecipeError
 from forge.events.staleness import describe as freshness
-from forge.io.storage import Storage, join, zarr_store
-from forge.publish.icechunk import published_session
+from forge.io.storage import Storage, join
 from forge.publish.validate import HEALTH_ATTR
 from forge.recipe.loading import find_recipe
 from forge.recipe.meta import major_of
@@ -43,7 +43,8 @@ PAGE = "index.html"
 QUICKLOOK = "quicklook.png"
 HEALTH_PLOT = "health.png"
 COLLECTION = "collection.json"
-FORMATS = ("zarr", "icechunk", "json", "parquet")  # json and parquet: kerchunk references
+REFERENCE_FILE_FORMATS = ("json", "parquet")  # kerchunk references
+FORMATS = ("zarr", "icechunk", *REFERENCE_FILE_FORMATS)
 logger = logging.getLogger(__name__)
 NOTHING_TO_DRAW = {
     "thumbnail": "no data variable on a latitude/longitude grid",
@@ -62,10 +63,9 @@ def open_published(url: str, target_format: str, references: bool = False, **kwa
     ``kwargs`` go to ``xr.open_zarr``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        if references or target_format in ("json", "parquet"):
+        if references or target_format in REFERENCE_FILE_FORMATS:
             return open_references(url, **kwargs)
-        consolidated = False if target_format == "icechunk" else None
-        return xr.open_zarr(published_store(url, target_format), consolidated=consolidated, **kwargs)
+        return target_at(url, target_format).open_published(**kwargs)
 
 
 def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str | None]]:
@@ -366,7 +366,4 @@ def open_dataset(recipe_id: str, catalog: str = "data/target", version: str | No
     url, asset = find(catalog, recipe_id, version)
     if asset.get("forge:references"):
         return open_references(url)
-    if asset.get("forge:format") == "icechunk":
-        return xr.open_zarr(published_session(url).store, consolidated=False)
-    consolidated = asset.get("xarray:open_kwargs", {}).get("consolidated")
-    return xr.open_zarr(zarr_store(url, read_only=True), consolidated=consolidated)
+    return target_at(url, asset.get("forge:format", "zarr")).open_published()

@@ -212,17 +212,7 @@ def write_references(
         if not before:
             published = referenced_inputs(run) or 0
             check_no_retraction(published, n_new, concat, run.target_url)
-    if run.target_format == "icechunk":
-        snapshot = _write_icechunk(vds, run, concat if before else None, provenance, n_new, recipe.s3)
-        extra = {"snapshot": snapshot}
-    else:
-        if before:
-            old = _referenced(run.target_url, vds)
-            attrs = agreed(old.attrs, vds.attrs)
-            vds = _concat([old, vds], concat, "override")  # variables' attributes: the store's
-            vds.attrs = attrs
-        _write_kerchunk(vds, run)
-        extra = {}
+    extra = REFERENCE_WRITERS[run.target_format](vds, run, recipe, provenance, n_new)
     appended = n_new if before else 0
     return {
         "url": run.target_url,
@@ -346,18 +336,48 @@ def _write_icechunk(
     return ic.commit_and_publish(txn, session, message, metadata)
 
 
-def _write_kerchunk(vds: xr.Dataset, run: RunSpec) -> None:
-    """JSON: one write of the whole file (readers see the old references or the new, never a mix);
-    Parquet: a directory of record files, written by VirtualiZarr."""
-    if run.target_format == "json":
-        refs = vds.vz.to_kerchunk(format="dict")
-        with fsspec.open(run.target_url, "w") as f:
-            json.dump(refs, f)
-    else:
-        fs, path = fsspec.core.url_to_fs(run.target_url)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        vds.vz.to_kerchunk(run.target_url, format="parquet")
+def _to_icechunk(
+    vds: xr.Dataset, run: RunSpec, recipe: ReferenceRecipe, provenance: Mapping[str, Any], n_new: int
+) -> dict[str, Any]:
+    append_dim = recipe.concat_dim if run.append_from else None
+    return {"snapshot": _write_icechunk(vds, run, append_dim, provenance, n_new, recipe.s3)}
+
+
+def _with_held(vds: xr.Dataset, run: RunSpec, recipe: ReferenceRecipe) -> xr.Dataset:
+    """Kerchunk references are written whole: an append's new ones after those the target holds."""
+    if not run.append_from:
+        return vds
+    old = _referenced(run.target_url, vds)
+    attrs = agreed(old.attrs, vds.attrs)
+    vds = _concat([old, vds], recipe.concat_dim, "override")  # variables' attributes: the store's
+    vds.attrs = attrs
+    return vds
+
+
+def _to_kerchunk_json(
+    vds: xr.Dataset, run: RunSpec, recipe: ReferenceRecipe, provenance: Mapping[str, Any], n_new: int
+) -> dict[str, Any]:
+    """One write of the whole file: readers see the old references or the new, never a mix."""
+    refs = _with_held(vds, run, recipe).vz.to_kerchunk(format="dict")
+    with fsspec.open(run.target_url, "w") as f:
+        json.dump(refs, f)
+    return {}
+
+
+def _to_kerchunk_parquet(
+    vds: xr.Dataset, run: RunSpec, recipe: ReferenceRecipe, provenance: Mapping[str, Any], n_new: int
+) -> dict[str, Any]:
+    """A directory of record files, written by VirtualiZarr."""
+    vds = _with_held(vds, run, recipe)
+    fs, path = fsspec.core.url_to_fs(run.target_url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    vds.vz.to_kerchunk(run.target_url, format="parquet")
+    return {}
+
+
+# How each reference format is written: one writer per format, found by the run's target_format.
+REFERENCE_WRITERS = {"icechunk": _to_icechunk, "json": _to_kerchunk_json, "parquet": _to_kerchunk_parquet}
 
 
 def referenced_inputs(run: RunSpec) -> int | None:

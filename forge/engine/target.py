@@ -57,16 +57,6 @@ __all__ = ["COMPLETE_ATTR", "FINGERPRINT_ATTR", "INPUTS_ATTR", "PROVISIONAL", "P
 WRITE_BATCHES_PER_WORKER = 2
 
 
-def published_store(url: str, target_format: str, branch: str | None = None) -> zarr.abc.store.Store | None:
-    """What readers see of the target, read-only (None: nothing is published there yet); ``branch``: an
-    Icechunk run's branch instead."""
-    return target_at(url, target_format).published_store(branch)
-
-
-def published_group(url: str, target_format: str, branch: str | None = None) -> zarr.Group | None:
-    return target_at(url, target_format).published_group(branch)
-
-
 def current_group(run: RunSpec) -> zarr.Group | None:
     """The store a run appends to, read-only: what is published, or the unpublished rebuild it catches
     up (a Zarr store beside the published one, or an Icechunk run branch)."""
@@ -512,11 +502,7 @@ def publish_staged(run: RunSpec, concat_dim: str | None) -> dict:
 def describe(url: str, concat_dim: str | None = None, target_format: str = "zarr") -> dict:
     """A summary of the published store, for the CLI and Prefect artifacts: with ``concat_dim``, the first
     and last of its values and how many inputs the store holds along it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        ds = xr.open_zarr(
-            published_store(url, target_format), consolidated=target_format != "icechunk" and None
-        )
+    ds = target_at(url, target_format).open_published()
     stored = Storage(url).total_size()
     summary = {
         "url": url,

@@ -5,12 +5,14 @@ it has."""
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import xarray as xr
 import zarr
 
 from forge.engine.attrs import FINGERPRINT_ATTR, PROVISIONAL, PROVISIONAL_ATTRS
@@ -47,6 +49,8 @@ class Target(ABC):
     """One kind of target at ``url``: what readers see of it, a run's work on it, and its publish."""
 
     format: ClassVar[str]
+    # How readers open it with xarray: consolidated metadata if the store has it (None), or never (False).
+    consolidated: ClassVar[bool | None] = None
 
     def __init__(self, url: str):
         self.url = url
@@ -65,6 +69,12 @@ class Target(ABC):
             return zarr.open_group(store, mode="r", use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
             return None
+
+    def open_published(self, **kwargs: Any) -> xr.Dataset:
+        """The dataset readers see, lazily (``kwargs`` go to ``xr.open_zarr``)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zarr's about consolidated metadata
+            return xr.open_zarr(self.published_store(), consolidated=self.consolidated, **kwargs)
 
     def published_id(self) -> str:
         """Which state readers see ("": none), for a build to publish only over what it began from."""

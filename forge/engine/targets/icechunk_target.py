@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class IcechunkTarget(Target):
     format = "icechunk"
+    consolidated = False  # a repository's metadata is whole already
 
     def published_store(self, branch: str | None = None) -> zarr.abc.store.Store | None:
         if not repository.exists(self.url):
