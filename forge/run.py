@@ -21,7 +21,7 @@ from forge.engine.stages import (
     source_probe,
     store_batch,
 )
-from forge.engine.target import describe
+from forge.engine.summary import describe
 from forge.engine.types import RunSpec
 from forge.io.secrets import Lookup, env_lookup
 from forge.recipe.recipes import Recipe, ReferenceRecipe, XarrayZarrRecipe

@@ -14,7 +14,7 @@ from forge import ConcatDim, FilePattern, XarrayZarrRecipe
 from forge.engine.append import AppendError, plan_append
 from forge.engine.caching import cache_batch, plan_cache
 from forge.engine.stages import prepare
-from forge.engine.target import open_group, pending_marker
+from forge.engine.targets.zarr_target import open_group, pending_marker
 from forge.engine.writers import store_batch
 from forge.io.fetch import SourceError
 from forge.run import run_locally

@@ -21,7 +21,7 @@ from forge import ConcatDim, FilePattern, XarrayZarrRecipe
 from forge.engine.append import plan_append
 from forge.engine.caching import cache_batch, plan_cache
 from forge.engine.stages import finalize, prepare
-from forge.engine.target import open_group
+from forge.engine.targets.zarr_target import open_group
 from forge.engine.writers import store_batch
 from forge.publish import icechunk as ic
 from forge.publish.validate import ValidationError

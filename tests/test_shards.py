@@ -13,7 +13,7 @@ from forge import ConcatDim, FilePattern, XarrayZarrRecipe
 from forge.engine.append import plan_append
 from forge.engine.caching import cache_batch, plan_cache
 from forge.engine.stages import prepare
-from forge.engine.target import open_group
+from forge.engine.targets.zarr_target import open_group
 from forge.engine.writers import store_batch
 from forge.errors import RecipeError
 from forge.publish.icechunk import published_session

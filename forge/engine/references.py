@@ -22,8 +22,8 @@ import numpy as np
 import xarray as xr
 
 from forge.engine.append import available_prefix, new_inputs
+from forge.engine.attrs import COMPLETE_ATTR
 from forge.engine.caching import plan_cache
-from forge.engine.target import COMPLETE_ATTR
 from forge.engine.types import CacheBatch, RunSpec
 from forge.errors import ForgeError, RecipeError
 from forge.io.s3_options import S3Options

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import cftime
 import numpy as np
@@ -93,3 +94,10 @@ def unify_time_encoding(values: np.ndarray, encodings: Sequence[dict]) -> dict:
     if num is None:
         raise ValueError("no exact integer time encoding found for these times")
     return {"units": inferred, "calendar": calendar, "dtype": np.dtype("int64")}
+
+
+def value_text(value: Any) -> str:
+    """A coordinate's value for people: a day as 2026-11-14, a time to the second, the rest as it prints."""
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="s")).removesuffix("T00:00:00")
+    return str(value)

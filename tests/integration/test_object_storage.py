@@ -201,7 +201,7 @@ def test_an_icechunk_target_on_object_storage(bucket, served, tmp_path):
 def test_a_rebuilt_store_replaces_the_published_one_on_object_storage(bucket):
     """A full build over a complete store is made beside it and moved into place: objects copied over
     the old ones (metadata last), the old store's extra objects and the staging copy deleted."""
-    from forge.engine.target import move_into_place, staging_url
+    from forge.engine.targets.zarr_target import move_into_place, staging_url
 
     url = f"{bucket.target_root}/moved.zarr"
     old, new = make_dataset(6), make_dataset(4, seed=1)
