@@ -171,6 +171,35 @@ class Storage:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
+    def replace_folder(self, source: str, target: str, last: tuple[str, ...] = ()) -> None:
+        """Replace the folder ``target`` by the folder ``source`` (both keys under the root), which is
+        gone afterwards. Local disk: two renames (a moment with neither). Object storage has no rename:
+        the new objects are copied over the old ones, those whose names end with one of ``last`` after
+        the others (readers keep the old metadata until the data is there), then the old objects the new
+        folder lacks are deleted, then ``source``."""
+        src, dest = self._path(source), self._path(target)
+        if self.supports_local_paths:
+            previous = Path(dest).with_name(f".{Path(dest).name}.previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            Path(dest).rename(previous)
+            Path(src).rename(dest)
+            shutil.rmtree(previous, ignore_errors=True)
+            return
+        fs = self.fs
+        # Objects, not directories: a recursive copy also copies "directories", which object stores do
+        # not have (s3fs failed there, after the old store had been deleted).
+        new = {path[len(src) :].lstrip("/") for path in fs.find(src)}
+        for at_last in (False, True):
+            part = sorted(key for key in new if key.endswith(last) == at_last)
+            if part:
+                fs.copy([f"{src}/{key}" for key in part], [f"{dest}/{key}" for key in part])
+        # Folders of the new one are kept: some object stores (Azure) list their markers as objects.
+        kept = new | {key.rsplit("/", i)[0] for key in new for i in range(1, key.count("/") + 1)}
+        stale = [path for path in fs.find(dest) if path[len(dest) :].strip("/") not in kept]
+        if stale:
+            fs.rm(stale)
+        fs.rm(src, recursive=True)
+
     def staging_dir(self) -> Path:
         """Where downloads are written before they are moved in (on the same disk when local)."""
         if self.supports_local_paths:

@@ -5,9 +5,7 @@ swapped in."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -199,32 +197,8 @@ def swap_in(staged: str, url: str, base: str | None) -> None:
 
 
 def move_into_place(staging: str, url: str) -> None:
-    """Replace the store at ``url`` by the finished one at ``staging``: two renames on local disk (a
-    moment with neither). Object storage has no rename: the new objects are copied over the old ones,
-    chunks first and metadata last (readers keep the old metadata until the data is there), then the old
-    store's objects the new one lacks are deleted, then the staging copy. Use Icechunk for an atomic swap.
-    """
+    """Replace the store at ``url`` by the finished one at ``staging`` (beside it), its metadata
+    documents last where objects are copied (:meth:`Storage.replace_folder`). Atomic only short of
+    that: use Icechunk for an atomic swap."""
     parent, name = url.rstrip("/").rsplit("/", 1)
-    storage = Storage(parent)
-    source, target = storage._path(staging.rsplit("/", 1)[1]), storage._path(name)
-    if storage.supports_local_paths:
-        previous = Path(storage._path(f".{name}.previous"))
-        shutil.rmtree(previous, ignore_errors=True)
-        Path(target).rename(previous)
-        Path(source).rename(target)
-        shutil.rmtree(previous, ignore_errors=True)
-        return
-    fs = storage.fs
-    # Objects, not directories: a recursive copy also copies "directories", which object stores do not
-    # have (s3fs failed there, after the old store had been deleted).
-    new = {path[len(source) :].lstrip("/") for path in fs.find(source)}
-    for metadata in (False, True):
-        part = sorted(key for key in new if key.endswith(ZARR_METADATA) == metadata)
-        if part:
-            fs.copy([f"{source}/{key}" for key in part], [f"{target}/{key}" for key in part])
-    # Directories of the new store are kept: some object stores (Azure) list their markers as objects.
-    kept = new | {key.rsplit("/", i)[0] for key in new for i in range(1, key.count("/") + 1)}
-    stale = [path for path in fs.find(target) if path[len(target) :].strip("/") not in kept]
-    if stale:
-        fs.rm(stale)
-    fs.rm(source, recursive=True)
+    Storage(parent).replace_folder(staging.rsplit("/", 1)[1], name, last=ZARR_METADATA)
