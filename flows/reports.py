@@ -13,7 +13,7 @@ from prefect.states import Failed, State
 from flows.outcomes import StageFailed
 from forge.catalog.catalog import HEALTH_PLOT, PAGE, QUICKLOOK
 from forge.engine.types import RunSpec, TargetSpec
-from forge.io.storage import join
+from forge.io.urls import join
 
 
 def artifact_key(recipe_id: str, suffix: str = "") -> str:

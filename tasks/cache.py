@@ -3,8 +3,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from forge.engine.caching import cache_batch, host_windows, plan_cache
-from forge.engine.schema import InputSummary
-from forge.engine.types import CacheBatch, RunSpec
+from forge.engine.types import CacheBatch, InputSummary, RunSpec
 from tasks.common import Opaque, recipe_for, secret_lookup, stage
 from tasks.slots import host_limit_name
 

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from forge.engine.schema import InputSummary
 from forge.engine.stages import plan_append, prepare, source_probe
-from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.types import InputSummary, RunSpec, TargetSpec, WriteBatch
 from tasks.common import Opaque, recipe_for, secret_lookup, stage
 
 

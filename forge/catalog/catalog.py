@@ -33,7 +33,8 @@ from forge.engine.targets import target_at
 from forge.engine.types import RunSpec
 from forge.errors import RecipeError
 from forge.events.staleness import describe as freshness
-from forge.io.storage import Storage, join
+from forge.io.storage import Storage
+from forge.io.urls import join
 from forge.publish.validate import HEALTH_ATTR
 from forge.recipe.loading import find_recipe
 from forge.recipe.meta import major_of

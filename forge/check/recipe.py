@@ -19,7 +19,7 @@ from forge.check.layout import layout_warnings
 from forge.engine.stages import run_spec_for
 from forge.errors import ForgeError
 from forge.io.secrets import Lookup, env_lookup
-from forge.io.storage import join
+from forge.io.urls import join
 from forge.recipe.loading import find_recipe, load_recipe
 from forge.recipe.meta import problems
 from forge.recipe.recipes import ReferenceRecipe

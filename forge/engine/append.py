@@ -25,13 +25,20 @@ from forge.engine.attrs import COMPLETE_ATTR, FINGERPRINT_ATTR, INPUTS_ATTR, PRO
 from forge.engine.caching import source_probe
 from forge.engine.fingerprint import digest_inputs
 from forge.engine.layout import stack_of
-from forge.engine.schema import InputSummary, Template, VariableSpec
 from forge.engine.target import checks_for, current_group
 from forge.engine.targets import target_at
 from forge.engine.targets.base import dims_of
 from forge.engine.template import combine_inputs, provisional_flags
 from forge.engine.times import decode_times, exact_encoding, is_time_units
-from forge.engine.types import RunSpec, TargetSpec, WriteBatch, cache_key
+from forge.engine.types import (
+    InputSummary,
+    RunSpec,
+    TargetSpec,
+    Template,
+    VariableSpec,
+    WriteBatch,
+    cache_key,
+)
 from forge.engine.write_plan import n_write_batches, plan_write_batches
 from forge.engine.writers import write_units
 from forge.errors import ForgeError

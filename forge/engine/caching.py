@@ -13,8 +13,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from forge.engine.plan import n_cache_batches, split_evenly
-from forge.engine.schema import InputSummary, share_equal_parts, summarize
-from forge.engine.types import CacheBatch, CacheItem, RunSpec
+from forge.engine.schema import share_equal_parts, summarize
+from forge.engine.types import CacheBatch, CacheItem, InputSummary, RunSpec
 from forge.io.access import SourceAccess
 from forge.io.fetch import SourceSession, download, make_temp_path, source_exists
 from forge.io.openers import check_magic, get_opener, open_input, open_raw

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from dask.utils import parse_bytes
 
-from forge.engine.schema import Template
+from forge.engine.types import Template
 from forge.errors import RecipeError, call_recipe_code
 
 ChunkingFn = Callable[..., Mapping[str, int]]

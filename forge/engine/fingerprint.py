@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 
 from forge._version import __version__
-from forge.engine.schema import InputSummary, Template
+from forge.engine.types import InputSummary, Template
 from forge.recipe.recipes import XarrayZarrRecipe
 
 

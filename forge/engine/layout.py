@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from forge.engine.plan import Stack, default_chunk
-from forge.engine.schema import Template, VariableSpec
+from forge.engine.types import Template, VariableSpec
 from forge.errors import RecipeError
 from forge.recipe.recipes import XarrayZarrRecipe
 

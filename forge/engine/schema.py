@@ -11,110 +11,22 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from forge.engine.times import unify_time_encoding
+from forge.engine.types import InputSummary, Template, VariableSpec, VariableSummary
 from forge.io.openers import InputError
 from forge.recipe.patterns import Key
 
 CF_ENCODING_KEYS = ("dtype", "scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
-@dataclass(frozen=True)
-class VariableSummary:
-    name: str
-    dims: tuple[str, ...]
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    attrs: dict[str, Any]
-    encoding: dict[str, Any]
-    is_coord: bool
-    digest: str | None = None  # of the values, for variables without the concat dimension
-
-
-@dataclass(frozen=True)
-class InputSummary:
-    key: Key
-    url: str  # as in the recipe, secret-free
-    location: str  # where the stages read it: a cache key, or a URL for inputs read in place
-    size: int
-    dims: dict[str, int]
-    variables: tuple[VariableSummary, ...]
-    attrs: dict[str, Any]
-    concat_values: np.ndarray | None = None
-    # Digests of the small variables along the concat dimension (bounds, climatology_bounds): a merge may
-    # find the same one in several inputs, and keeps it once if they agree. Kept apart from ``variables``,
-    # which inputs of one product share.
-    concat_digests: dict[str, str] = field(default_factory=dict)
-    provisional: bool = False  # read from the key's provisional file: its final one is not there yet
-
-    def variable(self, name: str) -> VariableSummary | None:
-        return next((v for v in self.variables if v.name == name), None)
-
-
-@dataclass(frozen=True)
-class VariableSpec:
-    """One variable of the target."""
-
-    name: str
-    dims: tuple[str, ...]
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    attrs: dict[str, Any]
-    encoding: dict[str, Any]
-    is_coord: bool
-    source: tuple[tuple[str, int], ...]  # merge-dimension positions of the inputs that hold it
-    along_concat: bool
-    raw_ok: bool  # every input stores it exactly as the target does: copy packed values undecoded
-
-    @property
-    def encoded_dtype(self) -> np.dtype:
-        return np.dtype(self.encoding.get("dtype", self.dtype))
-
-
-@dataclass(frozen=True)
-class Template:
-    concat_dim: str | None
-    lengths: tuple[int, ...]
-    sizes: dict[str, int]
-    variables: tuple[VariableSpec, ...]
-    attrs: dict[str, Any]
-    concat_values: np.ndarray | None = None
-    concat_encoding: dict[str, Any] = field(default_factory=dict)
-    # A second ConcatDim: files stacked whole along it, each stack position this long along it.
-    stack_dim: str | None = None
-    stack_lengths: tuple[int, ...] = ()
-
-    @property
-    def concat_variables(self) -> tuple[VariableSpec, ...]:
-        return tuple(v for v in self.variables if v.along_concat and v.name != self.concat_dim)
-
-    def digest(self) -> str:
-        h = hashlib.sha256(repr((self.concat_dim, self.lengths, sorted(self.sizes.items()))).encode())
-        if self.stack_dim is not None:
-            h.update(repr((self.stack_dim, self.stack_lengths)).encode())
-        for v in self.variables:
-            h.update(repr((v.name, v.dims, v.shape, str(v.dtype), _sorted_repr(v.encoding))).encode())
-        if self.concat_values is not None:
-            h.update(
-                np.ascontiguousarray(self.concat_values).astype("datetime64[ns]", copy=False).tobytes()
-                if self.concat_values.dtype.kind == "M"
-                else repr(self.concat_values.tolist()).encode()
-            )
-        h.update(_sorted_repr(self.concat_encoding).encode())
-        return h.hexdigest()
-
-
 # The largest variable along the concat dimension (per input) whose values are compared across merged inputs
 COMPARED_ALONG_CONCAT = 1 << 16
-
-
-def _sorted_repr(d: Mapping) -> str:
-    return repr(sorted((k, str(v)) for k, v in d.items()))
 
 
 def _same_encoding(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -13,12 +13,11 @@ from typing import Any
 
 from forge.engine.append import plan_append, prepare_append
 from forge.engine.caching import cache_batch, plan_cache, source_probe
-from forge.engine.schema import InputSummary
 from forge.engine.target import began, finalize_target, prepare_target, publish_staged
-from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.types import InputSummary, RunSpec, TargetSpec, WriteBatch
 from forge.engine.writers import BatchStats, store_batch
 from forge.errors import RecipeError
-from forge.io.storage import absolute
+from forge.io.urls import absolute
 from forge.publish.transaction import RebuildBehind
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
 from forge.recipe.meta import version_of

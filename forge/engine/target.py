@@ -23,11 +23,10 @@ from forge.engine.attrs import COMPLETE_ATTR, FINGERPRINT_ATTR, INPUTS_ATTR, PRO
 from forge.engine.chunking import dynamic_chunks
 from forge.engine.fingerprint import fingerprint
 from forge.engine.layout import concat_chunk, concat_write_unit, stack_of
-from forge.engine.schema import InputSummary, Template
 from forge.engine.summary import describe
 from forge.engine.targets import target_at
 from forge.engine.template import combine_inputs, provisional_flags, template_dataset
-from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.types import InputSummary, RunSpec, TargetSpec, Template, WriteBatch
 from forge.engine.write_plan import n_write_batches, plan_write_batches
 from forge.publish import icechunk as icechunk_commits
 from forge.publish.validate import (

@@ -13,9 +13,9 @@ import xarray as xr
 
 from forge.engine.caching import opened
 from forge.engine.layout import chunks_for, shards_for
-from forge.engine.schema import InputSummary, Template, VariableSpec, combine, merge_part
+from forge.engine.schema import combine, merge_part
 from forge.engine.times import exact_encoding, is_time_units
-from forge.engine.types import RunSpec
+from forge.engine.types import InputSummary, RunSpec, Template, VariableSpec
 from forge.errors import RecipeCodeError
 from forge.io.storage import Storage
 from forge.recipe.recipes import XarrayZarrRecipe

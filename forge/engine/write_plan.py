@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from forge.engine.plan import batch_chunks, chunk_writes
-from forge.engine.schema import InputSummary, Template, merge_part
+from forge.engine.schema import merge_part
 from forge.engine.times import value_text
-from forge.engine.types import WriteBatch
+from forge.engine.types import InputSummary, Template, WriteBatch
 from forge.recipe.recipes import XarrayZarrRecipe
 
 # Two, not one: a worker that finishes early takes another batch while a slower one still writes.

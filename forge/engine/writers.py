@@ -23,9 +23,8 @@ from xarray.conventions import encode_cf_variable
 
 from forge.engine.caching import opened
 from forge.engine.plan import ChunkWrite, Stack
-from forge.engine.schema import VariableSpec
 from forge.engine.targets import target_at
-from forge.engine.types import TargetSpec, WriteBatch
+from forge.engine.types import TargetSpec, VariableSpec, WriteBatch
 from forge.errors import RecipeCodeError
 from forge.io.openers import RawInput
 from forge.io.storage import Storage

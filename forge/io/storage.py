@@ -24,14 +24,7 @@ import zarr
 import zarr.storage
 from fsspec.implementations.local import LocalFileSystem
 
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def absolute(url: str) -> str:
-    """A local path made absolute (against this process's folder); any other URL as it is."""
-    return os.path.abspath(url) if is_local(url) and not url.startswith("file://") else url
+from forge.io.urls import is_local, join
 
 
 def zarr_store(url: str, read_only: bool = False) -> zarr.abc.store.Store:
@@ -80,10 +73,6 @@ async def _close_session(fs: Any) -> None:
         await session.close()
     elif (client := getattr(fs, "service_client", None)) is not None:  # adlfs
         await client.close()
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forge.io.storage import Storage, absolute, join
+from forge.io.storage import Storage
+from forge.io.urls import absolute, join
 
 
 def test_text_round_trips_and_missing_keys_read_as_none(tmp_path: Path):
