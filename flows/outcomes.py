@@ -16,6 +16,7 @@ from prefect.states import Cancelled
 
 from forge.engine.types import RunSpec
 from forge.errors import ForgeError
+from forge.publish.transaction import RebuildBehind
 
 
 class StageFailed(Exception):
@@ -33,6 +34,8 @@ def in_stage[T](stage: str, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``: a stage the flow runs in its own process, whatever it raises a :class:`StageFailed`."""
     try:
         return fn(*args)
+    except RebuildBehind:  # not a failure: the stages catch the rebuild up and publish again
+        raise
     except Exception as e:
         raise StageFailed(stage, None, e) from e
 

@@ -13,20 +13,19 @@ from prefect.states import State
 
 from flows.alerts import announce_update
 from flows.bakery import current_bakery, store_workers, task_runner_for
-from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure, in_stage, nothing_appended
+from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure, in_stage
 from flows.references import build_references
 from flows.reports import Progress, failed_run, source_text, summary_artifact
 from flows.runtime.gc_freeze import loaded_frozen
 from flows.runtime.settings_once import settings_serialized_once
 from flows.runtime.tracebacks import install_traceback_filter
 from flows.runtime.windows import submit_windowed, wait_ended
-from forge.engine.append import describe_append
-from forge.engine.stages import CATCH_UPS, RebuildBehind, began, caught_up, recipe_for, run_spec_for
-from forge.engine.types import RunSpec
+from forge.engine.stages import RebuildBehind, recipe_for, run_spec_for, run_stages
+from forge.engine.types import RunSpec, TargetSpec
 from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
 from forge.recipe.patterns import parse_rewrites
-from forge.recipe.recipes import ReferenceRecipe
+from forge.recipe.recipes import ReferenceRecipe, XarrayZarrRecipe
 from tasks.cache import cache_inputs, plan_cache_batches
 from tasks.catalog import update_catalog
 from tasks.finalize import finalize_target, publish_rebuild
@@ -113,81 +112,93 @@ def recipe(
             return build_references(run, append, dry_run)
         except StageFailed as failure:
             return failed_run(failure, run.recipe_id)
-    catch_ups = 0
-    while True:
-        try:
-            return build(run, append, dry_run)
-        except StageFailed as failure:
-            catch_ups += 1
-            if not isinstance(failure.cause, RebuildBehind) or catch_ups > CATCH_UPS:
-                return failed_run(failure, run.recipe_id)
-            # Appends published while the rebuild ran: it appends them too, then publishes.
-            get_run_logger().info("%s", failure.cause)
-            run, append = caught_up(run, failure.cause), True
+    try:
+        return run_stages(run, OnPrefect(), append=append, dry_run=dry_run)
+    except StageFailed as failure:
+        return failed_run(failure, run.recipe_id)
+    except RebuildBehind as behind:  # overtaken again after every catch-up
+        return failed_run(StageFailed("finalize-target", None, behind), run.recipe_id)
 
 
-def build(run: RunSpec, append: bool, dry_run: bool) -> dict:
-    """The stages, in order; a stage that fails raises :class:`StageFailed` with its cause."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if append:
-        run, new = in_stage("plan-append", plan_append_run, run)
-        get_run_logger().info(describe_append(recipe_for(run), run, new, dry_run))
-        if not new and run.catch_up is not None:  # a rebuild with nothing left to catch up: publish it
-            summary = in_stage("finalize-target", publish_rebuild, run)
-            summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
-            announce_update(run.recipe_id, {**summary, "appended": 0})
-            return {**summary, "appended": 0}
-        if dry_run or not new:
-            return nothing_appended(run, new, dry_run)
-    else:
-        run = began(run)
+class OnPrefect:
+    """Each stage as Prefect task runs on the flow's task runner (:class:`forge.engine.stages.Executor`):
+    downloads within the source hosts' slots, store batches mapped over the Dask workers, progress and
+    timings reported. A stage that fails raises :class:`StageFailed` with its cause."""
 
-    batches, windows = plan_cache_batches(run)
-    cached = Progress(f"inputs cached for {run.recipe_id}", sum(len(b.value.items) for b in batches))
-    with source_host_slots(windows):
-        summaries = submit_windowed(
-            lambda b: cache_inputs.submit(b, run), batches, lambda b: b.value.host, windows
-        )
-        # Submitted now, it starts the moment the last batch ends. On a worker, not in the flow's
-        # process: it holds every input's summary (about 9 KB each).
-        prepared = prepare_target.submit(run, summaries)
-        # The download slots are held until every batch has ended.
-        wait_ended(summaries, lambda i: cached.advance(len(batches[i].value.items)))
-    failed = first_failure("cache", summaries, [b.value.label for b in batches])
-    if failed:
-        end_unrun(prepared, "prepare-target", f"not started: {failed}")
-        raise failed
-    if failed := first_failure("prepare-target", [prepared], [None]):
-        raise failed
-    target, write_batches = prepared.result()
-    timings["cache + prepare"] = time.perf_counter() - t0
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
 
-    t1 = time.perf_counter()
-    stored = Progress(f"chunks stored for {run.recipe_id}", target.n_chunks)
-    futures = store_chunks.map(write_batches, unmapped(target))
-    written = []  # what each batch wrote (on an Icechunk target, its session) and its newest steps' stats
-    for future in as_completed(futures):
-        if failure_of(future) is None:
-            result = future.result()
-            stored.advance(result.chunks)
-            written.append(result)
-    if failed := first_failure("store", futures, [b.value.label for b in write_batches]):
-        raise failed
-    if not futures:
-        stored.advance(1)
-    timings["store"] = time.perf_counter() - t1
+    def recipe_of(self, run: RunSpec) -> XarrayZarrRecipe:
+        return recipe_for(run)
 
-    t2 = time.perf_counter()
-    summary = in_stage("finalize-target", finalize_target, target, written)
-    timings["finalize"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    summary["catalog"] = in_stage("publish-catalog", update_catalog, run)
-    timings["catalog"] = time.perf_counter() - t3
-    timings["total"] = time.perf_counter() - t0
-    first_url = next(iter(recipe_for(run).pattern.items()))[1]
-    summary_artifact(run, target, summary, source_text(first_url, run), timings)
-    if not target.complete and (run.append_from is None or target.appended):
-        announce_update(run.recipe_id, {**summary, "appended": target.appended})
-    print(f"store ready: {summary['url']}" + (f" (appended {target.appended})" if append else ""))
-    return {**summary, "appended": target.appended, "timings": timings}
+    def note(self, message: str) -> None:
+        get_run_logger().info("%s", message)
+
+    def plan_append(self, run: RunSpec) -> tuple[RunSpec, list[str]]:
+        return in_stage("plan-append", plan_append_run, run)
+
+    def cache_and_prepare(self, run: RunSpec) -> tuple[TargetSpec, list]:
+        batches, windows = plan_cache_batches(run)
+        cached = Progress(f"inputs cached for {run.recipe_id}", sum(len(b.value.items) for b in batches))
+        with source_host_slots(windows):
+            summaries = submit_windowed(
+                lambda b: cache_inputs.submit(b, run), batches, lambda b: b.value.host, windows
+            )
+            # Submitted now, it starts the moment the last batch ends. On a worker, not in the flow's
+            # process: it holds every input's summary (about 9 KB each).
+            prepared = prepare_target.submit(run, summaries)
+            # The download slots are held until every batch has ended.
+            wait_ended(summaries, lambda i: cached.advance(len(batches[i].value.items)))
+        failed = first_failure("cache", summaries, [b.value.label for b in batches])
+        if failed:
+            end_unrun(prepared, "prepare-target", f"not started: {failed}")
+            raise failed
+        if failed := first_failure("prepare-target", [prepared], [None]):
+            raise failed
+        self.timings["cache + prepare"] = time.perf_counter() - self.t0
+        return prepared.result()  # the target, and its write batches (each in an Opaque)
+
+    def store(self, target: TargetSpec, batches: list) -> list:
+        t1 = time.perf_counter()
+        stored = Progress(f"chunks stored for {target.run.recipe_id}", target.n_chunks)
+        futures = store_chunks.map(batches, unmapped(target))
+        written = []  # what each batch wrote (on an Icechunk target, its session), its newest steps' stats
+        for future in as_completed(futures):
+            if failure_of(future) is None:
+                result = future.result()
+                stored.advance(result.chunks)
+                written.append(result)
+        if failed := first_failure("store", futures, [b.value.label for b in batches]):
+            raise failed
+        if not futures:
+            stored.advance(1)
+        self.timings["store"] = time.perf_counter() - t1
+        return written
+
+    def finalize(self, target: TargetSpec, stored: list) -> dict:
+        t2 = time.perf_counter()
+        summary = in_stage("finalize-target", finalize_target, target, stored)
+        self.timings["finalize"] = time.perf_counter() - t2
+        return summary
+
+    def publish_staged(self, run: RunSpec) -> dict:
+        return in_stage("finalize-target", publish_rebuild, run)
+
+    def publish_catalog(self, run: RunSpec) -> str:
+        t3 = time.perf_counter()
+        catalog = in_stage("publish-catalog", update_catalog, run)
+        self.timings["catalog"] = time.perf_counter() - t3
+        return catalog
+
+    def published(self, run: RunSpec, summary: dict, target: TargetSpec | None) -> dict:
+        self.timings["total"] = time.perf_counter() - self.t0
+        appended = target.appended if target else 0
+        if target is not None:
+            first_url = next(iter(recipe_for(run).pattern.items()))[1]
+            summary_artifact(run, target, summary, source_text(first_url, run), self.timings)
+        if target is None or (not target.complete and (run.append_from is None or target.appended)):
+            announce_update(run.recipe_id, {**summary, "appended": appended})
+        more = f" (appended {appended})" if run.append_from is not None else ""
+        print(f"store ready: {summary['url']}{more}")
+        return {**summary, "appended": appended, "timings": self.timings}

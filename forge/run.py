@@ -7,22 +7,19 @@ import logging
 from forge.catalog.catalog import publish_catalog
 from forge.engine.references import plan_reference_append, plan_references, reference_batch, write_references
 from forge.engine.stages import (
-    CATCH_UPS,
-    RebuildBehind,
-    began,
     cache_batch,
-    caught_up,
     finalize,
     plan_append,
     plan_cache,
     prepare,
     publish_staged,
     recipe_for,
+    run_stages,
     source_probe,
     store_batch,
 )
-from forge.engine.summary import describe
-from forge.engine.types import RunSpec
+from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+from forge.engine.writers import BatchStats
 from forge.io.secrets import Lookup, env_lookup
 from forge.recipe.recipes import Recipe, ReferenceRecipe, XarrayZarrRecipe
 
@@ -33,34 +30,46 @@ def run_locally(recipe: Recipe, run: RunSpec, lookup: Lookup = env_lookup, *, ap
     recipe = recipe.pruned(run.prune)
     if isinstance(recipe, ReferenceRecipe):
         return reference_locally(recipe, run, lookup, append=append)
-    catch_ups = 0
-    while True:
-        try:
-            return stages_locally(recipe, run, lookup, append=append)
-        except RebuildBehind as behind:  # appends published while a rebuild ran: it appends them too
-            catch_ups += 1
-            if catch_ups > CATCH_UPS:
-                raise
-            logger.info("%s", behind)
-            run, append = caught_up(run, behind), True
-            recipe = recipe_for(run)
+    return run_stages(run, InTurn(recipe, lookup), append=append)
 
 
-def stages_locally(recipe: XarrayZarrRecipe, run: RunSpec, lookup: Lookup, *, append: bool) -> dict:
-    if append:
-        run, new = plan_append(recipe, run, source_probe(recipe, run, lookup))
-        if not new and run.catch_up is not None:  # a rebuild with nothing left to catch up: publish it
-            return {**publish_staged(run, recipe.concat_dim), "catalog": publish_catalog(run), "appended": 0}
-        if not new:
-            return {**describe(run.target_url, recipe.concat_dim, run.target_format), "appended": 0}
-        recipe = recipe.pruned(run.prune)  # the append may stop at the source's frontier
-    else:
-        run = began(run)
-    summaries = [s for batch in plan_cache(recipe, run) for s in cache_batch(recipe, run, batch, lookup)]
-    target, batches = prepare(recipe, run, summaries)
-    stored = [store_batch(recipe, target, batch) for batch in batches]
-    summary = finalize(recipe, target, {"forge:runner": "local"}, stored)
-    return {**summary, "catalog": publish_catalog(run), "appended": target.appended}
+class InTurn:
+    """Each stage called in turn, in this process (:class:`forge.engine.stages.Executor`)."""
+
+    def __init__(self, recipe: XarrayZarrRecipe, lookup: Lookup):
+        self.recipe, self.lookup = recipe, lookup  # the recipe as given (tests pass one not on disk)
+
+    def recipe_of(self, run: RunSpec) -> XarrayZarrRecipe:
+        """The given recipe, pruned as the run asks; a catch-up's, read again (its own blob)."""
+        return recipe_for(run) if run.catch_up else self.recipe.pruned(run.prune)
+
+    def plan_append(self, run: RunSpec) -> tuple[RunSpec, list[str]]:
+        recipe = self.recipe_of(run)
+        return plan_append(recipe, run, source_probe(recipe, run, self.lookup))
+
+    def cache_and_prepare(self, run: RunSpec) -> tuple[TargetSpec, list[WriteBatch]]:
+        recipe = self.recipe_of(run)
+        batches = plan_cache(recipe, run)
+        summaries = [s for batch in batches for s in cache_batch(recipe, run, batch, self.lookup)]
+        return prepare(recipe, run, summaries)
+
+    def store(self, target: TargetSpec, batches: list[WriteBatch]) -> list[BatchStats]:
+        return [store_batch(self.recipe_of(target.run), target, batch) for batch in batches]
+
+    def finalize(self, target: TargetSpec, stored: list[BatchStats]) -> dict:
+        return finalize(self.recipe_of(target.run), target, {"forge:runner": "local"}, stored)
+
+    def publish_staged(self, run: RunSpec) -> dict:
+        return publish_staged(run, self.recipe_of(run).concat_dim)
+
+    def publish_catalog(self, run: RunSpec) -> str:
+        return publish_catalog(run)
+
+    def published(self, run: RunSpec, summary: dict, target: TargetSpec | None) -> dict:
+        return {**summary, "appended": target.appended if target else 0}
+
+    def note(self, message: str) -> None:
+        logger.info("%s", message)
 
 
 def reference_locally(recipe: ReferenceRecipe, run: RunSpec, lookup: Lookup, *, append: bool) -> dict:

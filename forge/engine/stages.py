@@ -1,7 +1,10 @@
-"""The recipe's stages as plain functions: what the Prefect tasks and the local runner call.
+"""The recipe's stages as plain functions, and their order, which every runner executes.
 
 cache (:func:`cache_batch`) -> prepare (:func:`prepare`) -> store (:func:`store_batch`) ->
-finalize (:func:`finalize_target`), with :func:`plan_append` before them in append mode.
+finalize (:func:`finalize_target`) -> catalog, with :func:`plan_append` before them in append mode.
+:func:`run_stages` is that order, once, as rechunker's executors run one plan: a runner is an
+:class:`Executor` that says how each stage runs (a call in turn for the local runner, task runs on
+Dask for the Prefect flow), not which stage comes next.
 """
 
 from __future__ import annotations
@@ -9,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from forge.engine.append import plan_append, prepare_append
+from forge.engine.append import describe_append, plan_append, prepare_append
 from forge.engine.caching import cache_batch, plan_cache, source_probe
 from forge.engine.target import began, finalize_target, prepare_target, publish_staged
 from forge.engine.types import InputSummary, RunSpec, TargetSpec, WriteBatch
@@ -25,6 +28,7 @@ from forge.recipe.recipes import REFERENCE_FORMATS, TARGET_FORMATS, Recipe, Refe
 
 __all__ = [
     "CATCH_UPS",
+    "Executor",
     "RebuildBehind",
     "began",
     "cache_batch",
@@ -36,6 +40,7 @@ __all__ = [
     "publish_staged",
     "recipe_for",
     "run_spec_for",
+    "run_stages",
     "source_probe",
     "store_batch",
 ]
@@ -127,3 +132,70 @@ def finalize(
     newest steps become the store's health record."""
     sessions = [s.session for s in stored if s.session is not None]
     return finalize_target(recipe, target, provenance, sessions, [s.health for s in stored])
+
+
+class Executor(Protocol):
+    """How a runner runs each stage of :func:`run_stages`."""
+
+    def recipe_of(self, run: RunSpec) -> XarrayZarrRecipe:
+        """The recipe the run works on, pruned as it asks."""
+
+    def plan_append(self, run: RunSpec) -> tuple[RunSpec, list[str]]:
+        """The run in append mode and the inputs it adds (asked of the source)."""
+
+    def cache_and_prepare(self, run: RunSpec) -> tuple[TargetSpec, list[WriteBatch]]:
+        """Cache every input, then prepare the target from their summaries."""
+
+    def store(self, target: TargetSpec, batches: list[WriteBatch]) -> list[BatchStats]:
+        """Run every store batch."""
+
+    def finalize(self, target: TargetSpec, stored: list[BatchStats]) -> dict:
+        """Publish what the store batches wrote."""
+
+    def publish_staged(self, run: RunSpec) -> dict:
+        """Publish a rebuild whose catch-up found nothing more to append."""
+
+    def publish_catalog(self, run: RunSpec) -> str:
+        """Update the STAC catalog (and its page) for the run's recipe."""
+
+    def published(self, run: RunSpec, summary: dict, target: TargetSpec | None) -> dict:
+        """The run's result, once the catalog is updated: its summary with what the runner adds, and
+        tells (``target``: the run's; None for a caught-up rebuild published as it was)."""
+
+    def note(self, message: str) -> None:
+        """Tell the user something about the run (a catch-up, what an append adds)."""
+
+
+def run_stages(run: RunSpec, executor: Executor, *, append: bool = False, dry_run: bool = False) -> dict:
+    """The stages of an XarrayZarrRecipe's run, in order, each run by ``executor``; a rebuild that an
+    append overtook is caught up (:func:`caught_up`) and published again, at most :data:`CATCH_UPS`
+    times."""
+    catch_ups = 0
+    while True:
+        try:
+            return _stages(run, executor, append, dry_run)
+        except RebuildBehind as behind:  # appends published while a rebuild ran: it appends them too
+            catch_ups += 1
+            if catch_ups > CATCH_UPS:
+                raise
+            executor.note(str(behind))
+            run, append, dry_run = caught_up(run, behind), True, False
+
+
+def _stages(run: RunSpec, executor: Executor, append: bool, dry_run: bool) -> dict:
+    if append:
+        run, new = executor.plan_append(run)
+        executor.note(describe_append(executor.recipe_of(run), run, new, dry_run))
+        if not new and run.catch_up is not None:  # a rebuild with nothing left to catch up: publish it
+            summary = executor.publish_staged(run)
+            summary["catalog"] = executor.publish_catalog(run)
+            return executor.published(run, summary, None)
+        if dry_run or not new:
+            return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
+    else:
+        run = began(run)
+    target, batches = executor.cache_and_prepare(run)
+    stored = executor.store(target, batches)
+    summary = executor.finalize(target, stored)
+    summary["catalog"] = executor.publish_catalog(run)
+    return executor.published(run, summary, target)
