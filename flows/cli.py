@@ -141,7 +141,7 @@ def open_snippet(url: str) -> str:
 def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> bool:
     """Answer --dry-run, and "nothing new", from the store and the source alone: no Prefect, no cluster."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT, run_spec
-    from forge.engine.append import describe_append, plan_append
+    from forge.engine.stages import describe_append, plan_append
     from forge.io.secrets import MissingSecretError
     from forge.recipe.loading import load_recipe
     from forge.recipe.recipes import ReferenceRecipe

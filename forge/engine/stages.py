@@ -33,6 +33,7 @@ __all__ = [
     "began",
     "cache_batch",
     "caught_up",
+    "describe_append",
     "finalize",
     "plan_append",
     "plan_cache",
