@@ -195,3 +195,29 @@ def wait_for_scheduled_runs(api: str, deployment_id: str, timeout: float = 60) -
             return runs
         time.sleep(1)
     raise AssertionError(f"no scheduled runs of {deployment_id} within {timeout}s: the schedule never fires")
+
+
+def run_flow(recipe_dir: Path, tmp_path: Path, server, cache: str = "cache", **kw):
+    """The recipe flow over ``recipe_dir``, its sources rewritten to ``server``, into ``tmp_path/target``
+    (``target_root=`` says otherwise); its final state."""
+    from flows.recipe import recipe as recipe_flow
+
+    kw.setdefault("target_root", str(tmp_path / "target"))
+    return recipe_flow(
+        recipe=str(recipe_dir),
+        cache_root=str(tmp_path / cache),
+        url_rewrites={SOURCE: server.url},
+        return_state=True,
+        **kw,
+    )
+
+
+def local_run(recipe_dir: Path, tmp_path: Path, server, root: str, cache: str = "cache", **kw):
+    """A run of the recipe in ``recipe_dir`` for the local runner (the reference the flow must match),
+    into ``tmp_path/root``, its sources rewritten to ``server``."""
+    from forge.engine.types import RunSpec
+
+    ref = str(recipe_dir / "recipe.py")
+    return RunSpec(
+        ref, "demo", str(tmp_path / root), str(tmp_path / cache), url_rewrites=((SOURCE, server.url),), **kw
+    )

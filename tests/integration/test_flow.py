@@ -18,7 +18,6 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from flows.recipe import recipe as recipe_flow
-from forge.engine.types import RunSpec
 from forge.recipe.loading import load_recipe
 from forge.run import run_locally
 from forge.testing import (
@@ -36,23 +35,14 @@ from tests.integration.helpers import (
     artifacts,
     flow_run,
     flow_run_events,
+    local_run,
     logs,
+    run_flow,
     task_runs,
     write_recipe,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def run_flow(recipe_dir: Path, tmp_path: Path, server, **kw):
-    return recipe_flow(
-        recipe=str(recipe_dir),
-        target_root=str(tmp_path / "target"),
-        cache_root=str(tmp_path / "cache"),
-        url_rewrites={SOURCE: server.url},
-        return_state=True,
-        **kw,
-    )
 
 
 def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path, prefect_server):
@@ -67,13 +57,7 @@ def test_straddling_chunks_in_parallel_match_the_local_runner(served, tmp_path, 
     assert_store_matches(summary["url"], paths)
 
     # the reference: the plain local runner over the same recipe gives the identical store
-    run = RunSpec(
-        str(recipe_dir / "recipe.py"),
-        "demo",
-        str(tmp_path / "ref"),
-        str(tmp_path / "cache"),
-        url_rewrites=((SOURCE, served.url),),
-    )
+    run = local_run(recipe_dir, tmp_path, served, "ref")
     reference = run_locally(load_recipe(run.recipe), run)
     xr.testing.assert_identical(open_store(summary["url"]), open_store(reference["url"]))
 
@@ -407,14 +391,8 @@ def test_forge_run_rebuild_catches_up_with_an_append_published_while_it_ran(tmp_
         ran: dict = {}
         rebuild = threading.Thread(
             target=lambda: ran.update(
-                state=recipe_flow(
-                    recipe=str(recipe_dir),
-                    target_root=str(tmp_path / "target"),
-                    cache_root=str(tmp_path / "cache-rebuild"),
-                    url_rewrites={SOURCE: source.url},
-                    target_format="icechunk",
-                    rebuild=True,
-                    return_state=True,
+                state=run_flow(
+                    recipe_dir, tmp_path, source, "cache-rebuild", target_format="icechunk", rebuild=True
                 )
             ),
         )
@@ -423,14 +401,7 @@ def test_forge_run_rebuild_catches_up_with_an_append_published_while_it_ran(tmp_
         for path in later[10:]:
             (src / path.name).write_bytes(path.read_bytes())
         write_recipe(tmp_path, 14, chunk=3)  # the calendar moved on
-        run = RunSpec(
-            str(recipe_dir / "recipe.py"),
-            "demo",
-            str(tmp_path / "target"),
-            str(tmp_path / "cache"),
-            url_rewrites=((SOURCE, source.url),),
-            target_format="icechunk",
-        )
+        run = local_run(recipe_dir, tmp_path, source, "target", target_format="icechunk")
         assert run_locally(load_recipe(run.recipe, fresh=True), run, append=True)["appended"] == 4
         held.release()
         rebuild.join(300)

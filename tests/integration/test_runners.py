@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from flows.recipe import recipe as recipe_flow
-from forge.engine.types import RunSpec
 from forge.errors import ForgeError
 from forge.recipe.loading import load_recipe
 from forge.run import run_locally
 from forge.testing import assert_store_matches, make_dataset, open_store, write_inputs
-from tests.integration.helpers import SOURCE, write_recipe
+from tests.integration.helpers import local_run, run_flow, write_recipe
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -27,25 +25,19 @@ def test_both_runners_build_append_and_fail_alike(served, tmp_path, fmt):
     ref = str(recipe_dir / "recipe.py")
 
     def local(append: bool = False) -> dict:
-        run = RunSpec(
-            ref,
-            "demo",
-            str(tmp_path / "local"),
-            str(tmp_path / "cache-local"),
-            url_rewrites=((SOURCE, served.url),),
-            target_format=fmt,
-        )
+        run = local_run(recipe_dir, tmp_path, served, "local", "cache-local", target_format=fmt)
         return run_locally(load_recipe(ref, fresh=True), run, append=append)
 
     def flow(append: bool = False):
-        return recipe_flow(
-            recipe=str(recipe_dir),
-            target_root=str(tmp_path / "flow"),
-            cache_root=str(tmp_path / "cache-flow"),
-            url_rewrites={SOURCE: served.url},
+        target_root = str(tmp_path / "flow")
+        return run_flow(
+            recipe_dir,
+            tmp_path,
+            served,
+            "cache-flow",
+            target_root=target_root,
             target_format=fmt,
             append=append,
-            return_state=True,
         )
 
     def alike(local_url: str, flow_url: str, days: int) -> None:
