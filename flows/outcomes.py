@@ -14,7 +14,6 @@ from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled
 
-from forge.engine.types import RunSpec
 from forge.errors import ForgeError
 from forge.publish.transaction import RebuildBehind
 
@@ -38,11 +37,6 @@ def in_stage[T](stage: str, fn: Callable[..., T], *args: Any) -> T:
         raise
     except Exception as e:
         raise StageFailed(stage, None, e) from e
-
-
-def nothing_appended(run: RunSpec, new: Any, dry_run: bool) -> dict:
-    """The summary of an append that adds nothing: a dry run, or nothing new at the source."""
-    return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
 
 
 def failure_of(future: PrefectFuture) -> BaseException | None:

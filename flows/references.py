@@ -8,9 +8,10 @@ import time
 from prefect import get_run_logger
 
 from flows.alerts import announce_update
-from flows.outcomes import first_failure, in_stage, nothing_appended
+from flows.outcomes import first_failure, in_stage
 from flows.reports import Progress
 from flows.runtime.windows import submit_windowed, wait_ended
+from forge.engine.stages import nothing_appended
 from forge.engine.types import RunSpec
 from tasks.cache import plan_cache_batches
 from tasks.catalog import update_catalog

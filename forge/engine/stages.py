@@ -34,6 +34,7 @@ __all__ = [
     "cache_batch",
     "caught_up",
     "describe_append",
+    "nothing_appended",
     "finalize",
     "plan_append",
     "plan_cache",
@@ -167,6 +168,11 @@ class Executor(Protocol):
         """Tell the user something about the run (a catch-up, what an append adds)."""
 
 
+def nothing_appended(run: RunSpec, new: Any, dry_run: bool) -> dict:
+    """The summary of an append that adds nothing: a dry run, or nothing new at the source."""
+    return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
+
+
 def run_stages(run: RunSpec, executor: Executor, *, append: bool = False, dry_run: bool = False) -> dict:
     """The stages of an XarrayZarrRecipe's run, in order, each run by ``executor``; a rebuild that an
     append overtook is caught up (:func:`caught_up`) and published again, at most :data:`CATCH_UPS`
@@ -192,7 +198,7 @@ def _stages(run: RunSpec, executor: Executor, append: bool, dry_run: bool) -> di
             summary["catalog"] = executor.publish_catalog(run)
             return executor.published(run, summary, None)
         if dry_run or not new:
-            return {"url": run.target_url, "new_inputs": new, "appended": 0, "dry_run": dry_run}
+            return nothing_appended(run, new, dry_run)
     else:
         run = began(run)
     target, batches = executor.cache_and_prepare(run)
