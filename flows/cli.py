@@ -9,10 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.local import run_stack, warm_up
 from flows.server import running_server
 from forge.errors import ForgeError
+
+if TYPE_CHECKING:
+    from forge.engine.targets import Target
 
 
 def quiet_prefect_env() -> None:
@@ -144,13 +148,10 @@ def append_is_a_no_op(args: argparse.Namespace, rewrites: dict[str, str]) -> boo
     from forge.engine.stages import describe_append, plan_append
     from forge.io.secrets import MissingSecretError
     from forge.recipe.loading import load_recipe
-    from forge.recipe.recipes import ReferenceRecipe
 
     target_root = args.target_root or DEFAULT_TARGET_ROOT
     run = run_spec(args.recipe, target_root, DEFAULT_CACHE_ROOT, args.prune, rewrites, args.target_format)
     recipe = load_recipe(run.recipe).pruned(run.prune)
-    if isinstance(recipe, ReferenceRecipe):  # the flow's plan-append asks
-        return False
     try:
         run, new = plan_append(recipe, run)
     except MissingSecretError:  # only in a Prefect Secret block, perhaps: the flow's plan-append asks
@@ -187,9 +188,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _published_target(args: argparse.Namespace) -> str:
-    """The Icechunk repository of a recipe under ``--target-root`` (its current major's, if versioned):
-    found from its id and meta.yaml, without loading the recipe."""
+def _published_target(args: argparse.Namespace, target_format: str = "icechunk") -> str:
+    """The Icechunk repository (or the ``target_format`` target) of a recipe under ``--target-root``
+    (its current major's, if versioned): found from its id and meta.yaml, without loading the recipe."""
     from flows.recipe import DEFAULT_CACHE_ROOT, DEFAULT_TARGET_ROOT
     from forge.engine.types import RunSpec
     from forge.recipe.loading import find_recipe
@@ -199,15 +200,25 @@ def _published_target(args: argparse.Namespace) -> str:
     version = version_of(source.meta())
     root = args.target_root or DEFAULT_TARGET_ROOT
     return RunSpec(
-        source.ref, source.recipe_id, root, DEFAULT_CACHE_ROOT, target_format="icechunk", version=version
+        source.ref, source.recipe_id, root, DEFAULT_CACHE_ROOT, target_format=target_format, version=version
     ).target_url
 
 
-def cmd_history(args: argparse.Namespace) -> int:
-    from forge.publish.icechunk import history
+def _published(args: argparse.Namespace) -> Target:
+    """The recipe's published target, whatever its format (Icechunk's when there is none yet)."""
+    from forge.engine.targets import KINDS, target_found
+    from forge.io.storage import Storage
 
-    url = _published_target(args)
-    for commit in history(url):
+    for fmt in dict.fromkeys(kind.format for kind in KINDS):
+        url = _published_target(args, fmt)
+        parent, name = url.rstrip("/").rsplit("/", 1)
+        if Storage(parent).exists(name):
+            return target_found(url, fmt)
+    return target_found(_published_target(args), "icechunk")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    for commit in _published(args).history():
         meta = commit.metadata
         run = f" run {meta['forge:run_id']}" if meta.get("forge:run_id") else ""
         print(f"{commit.id}  {commit.written_at:%Y-%m-%d %H:%M:%S}  {commit.message}{run}")
@@ -215,11 +226,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from forge.publish.icechunk import rollback
-
-    url = _published_target(args)
-    snapshot = rollback(url, args.to, {"forge:by": "forge rollback"})
-    print(f"main of {url} is now {snapshot}: the content of {args.to} (`forge history` shows it)")
+    target = _published(args)
+    snapshot = target.rollback(args.to, {"forge:by": "forge rollback"})
+    print(f"main of {target.url} is now {snapshot}: the content of {args.to} (`forge history` shows it)")
     return 0
 
 

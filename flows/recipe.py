@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.futures import as_completed
@@ -14,7 +15,6 @@ from prefect.states import State
 from flows.alerts import announce_update
 from flows.bakery import current_bakery, store_workers, task_runner_for
 from flows.outcomes import StageFailed, end_unrun, failure_of, first_failure, in_stage
-from flows.references import build_references
 from flows.reports import Progress, failed_run, source_text, summary_artifact
 from flows.runtime.gc_freeze import loaded_frozen
 from flows.runtime.settings_once import settings_serialized_once
@@ -24,12 +24,14 @@ from forge.engine.stages import RebuildBehind, recipe_for, run_spec_for, run_sta
 from forge.engine.types import RunSpec, TargetSpec
 from forge.errors import ForgeError
 from forge.recipe.loading import find_recipe
-from forge.recipe.patterns import parse_rewrites
-from forge.recipe.recipes import ReferenceRecipe, XarrayZarrRecipe
+from forge.recipe.patterns import Key, parse_rewrites
+from forge.recipe.recipes import Recipe
 from tasks.cache import cache_inputs, plan_cache_batches
 from tasks.catalog import update_catalog
+from tasks.common import Opaque
 from tasks.finalize import finalize_target, publish_rebuild
 from tasks.prepare import plan_append_run, prepare_target
+from tasks.references import reference_inputs, write_reference_store
 from tasks.slots import source_host_slots
 from tasks.store import store_chunks
 
@@ -107,11 +109,6 @@ def recipe(
         run = run_spec(recipe, target_root, cache_root, prune, url_rewrites, target_format, rebuild)
     except ForgeError as e:  # the recipe does not load: say why, and where
         return failed_run(StageFailed("load-recipe", None, e), str(recipe))
-    if isinstance(recipe_for(run), ReferenceRecipe):
-        try:
-            return build_references(run, append, dry_run)
-        except StageFailed as failure:
-            return failed_run(failure, run.recipe_id)
     try:
         return run_stages(run, OnPrefect(), append=append, dry_run=dry_run)
     except StageFailed as failure:
@@ -129,7 +126,7 @@ class OnPrefect:
         self.t0 = time.perf_counter()
         self.timings: dict[str, float] = {}
 
-    def recipe_of(self, run: RunSpec) -> XarrayZarrRecipe:
+    def recipe_of(self, run: RunSpec) -> Recipe:
         return recipe_for(run)
 
     def note(self, message: str) -> None:
@@ -185,20 +182,44 @@ class OnPrefect:
     def publish_staged(self, run: RunSpec) -> dict:
         return in_stage("finalize-target", publish_rebuild, run)
 
+    def reference(self, run: RunSpec) -> list[tuple[Key, Any]]:
+        batches, windows = plan_cache_batches(run, "reference")
+        referenced = Progress(
+            f"inputs referenced for {run.recipe_id}", sum(len(b.value.items) for b in batches)
+        )
+        # The source hosts' download slots, as the cache stage takes them: referencing reads each input's
+        # metadata from its server, and other runs may be reading it too.
+        with source_host_slots(windows):
+            futures = submit_windowed(
+                lambda b: reference_inputs.submit(b, run), batches, lambda b: b.value.host, windows
+            )
+            wait_ended(futures, lambda i: referenced.advance(len(batches[i].value.items)))
+        if failed := first_failure("reference", futures, [b.value.label for b in batches]):
+            raise failed
+        self.timings["reference"] = time.perf_counter() - self.t0
+        return [ref for future in futures for ref in future.result().value]
+
+    def write_references(self, run: RunSpec, refs: list[tuple[Key, Any]]) -> dict:
+        t1 = time.perf_counter()
+        summary = in_stage("write-references", write_reference_store, run, [Opaque(refs)])
+        self.timings["write references"] = time.perf_counter() - t1
+        return summary
+
     def publish_catalog(self, run: RunSpec) -> str:
         t3 = time.perf_counter()
         catalog = in_stage("publish-catalog", update_catalog, run)
         self.timings["catalog"] = time.perf_counter() - t3
         return catalog
 
+    def announce(self, run: RunSpec, summary: dict) -> None:
+        announce_update(run.recipe_id, summary)
+
     def published(self, run: RunSpec, summary: dict, target: TargetSpec | None) -> dict:
         self.timings["total"] = time.perf_counter() - self.t0
-        appended = target.appended if target else 0
         if target is not None:
             first_url = next(iter(recipe_for(run).pattern.items()))[1]
             summary_artifact(run, target, summary, source_text(first_url, run), self.timings)
-        if target is None or (not target.complete and (run.append_from is None or target.appended)):
-            announce_update(run.recipe_id, {**summary, "appended": appended})
-        more = f" (appended {appended})" if run.append_from is not None else ""
-        print(f"store ready: {summary['url']}{more}")
-        return {**summary, "appended": appended, "timings": self.timings}
+        what = "references" if summary.get("references") else "store"
+        more = f" (appended {summary['appended']})" if run.append_from is not None else ""
+        print(f"{what} ready: {summary['url']}{more}")
+        return {**summary, "timings": self.timings}

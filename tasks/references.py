@@ -1,19 +1,13 @@
+"""The reference stages' Prefect tasks: thin wrappers of :mod:`forge.engine.references`."""
+
 from __future__ import annotations
 
 from prefect.runtime import flow_run
 
-from forge.engine.references import plan_reference_append, reference_batch, write_references
-from forge.engine.stages import source_probe
+from forge.engine.stages import reference_batch, write_references
 from forge.engine.types import CacheBatch, RunSpec
 from forge.recipe.patterns import Key
 from tasks.common import Opaque, recipe_for, secret_lookup, stage
-
-
-@stage(name="plan-append")
-def plan_reference_append_run(run: RunSpec) -> tuple[RunSpec, int]:
-    """The inputs beyond those the references hold, up to the source's frontier."""
-    recipe = recipe_for(run)
-    return plan_reference_append(recipe, run, source_probe(recipe, run, secret_lookup))
 
 
 @stage(

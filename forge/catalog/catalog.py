@@ -28,8 +28,7 @@ from forge.catalog.page import Entry, catalog_page, open_snippets
 from forge.catalog.pictures import health_png, main_variables, quicklook_png
 from forge.catalog.stac import StoreInfo, collection_for, item_for
 from forge.engine.attrs import COMPLETE_ATTR
-from forge.engine.references import REFERENCED_INPUTS_ATTR, open_references
-from forge.engine.targets import target_at
+from forge.engine.targets import KINDS, Target, target_at, target_found
 from forge.engine.types import RunSpec
 from forge.errors import RecipeError
 from forge.events.staleness import describe as freshness
@@ -44,8 +43,7 @@ PAGE = "index.html"
 QUICKLOOK = "quicklook.png"
 HEALTH_PLOT = "health.png"
 COLLECTION = "collection.json"
-REFERENCE_FILE_FORMATS = ("json", "parquet")  # kerchunk references
-FORMATS = ("zarr", "icechunk", *REFERENCE_FILE_FORMATS)
+FORMATS = tuple(dict.fromkeys(kind.format for kind in KINDS))
 logger = logging.getLogger(__name__)
 NOTHING_TO_DRAW = {
     "thumbnail": "no data variable on a latitude/longitude grid",
@@ -59,18 +57,27 @@ class CatalogError(LookupError):
 
 
 def open_published(url: str, target_format: str, references: bool = False, **kwargs: Any) -> xr.Dataset:
-    """What readers of the store at ``url`` see, lazily: an Icechunk repository's ``main``, a Zarr store,
-    or (``references``, and always for kerchunk JSON or Parquet) the sources behind references.
-    ``kwargs`` go to ``xr.open_zarr``."""
+    """What readers of the store at ``url`` see, lazily, its chunks readable: a copy, or (``references``)
+    the sources behind references. ``kwargs`` go to ``xr.open_zarr``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        if references or target_format in REFERENCE_FILE_FORMATS:
-            return open_references(url, **kwargs)
-        return target_at(url, target_format).open_published(**kwargs)
+        return _target(url, target_format, references).open_published(**kwargs)
 
 
-def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str | None]]:
-    """(url, format, version) of the recipe's published stores under ``target_root``: one per major
+def _asset_target(url: str, asset: Mapping[str, Any]) -> Target:
+    """The target a catalog asset describes."""
+    return _target(url, asset.get("forge:format", "zarr"), bool(asset.get("forge:references")))
+
+
+def _target(url: str, target_format: str, references: bool) -> Target:
+    try:
+        return target_at(url, target_format, references)
+    except ValueError:  # a format only references are written in
+        return target_at(url, target_format, not references)
+
+
+def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[Target, str | None]]:
+    """The recipe's published targets under ``target_root``, with their versions: one per major
     version (``{recipe_id}/v{N}.<format>``), or the unversioned ``{recipe_id}.<format>``."""
     root = Storage(target_root)
     found = []
@@ -82,17 +89,17 @@ def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[str, str, str 
             found.append((root.url(f"{recipe_id}.{fmt}"), fmt))
     stores = []
     for url, fmt in found:
-        attrs = dict(open_published(url, fmt).attrs)
+        target = target_found(url, fmt)
+        attrs = dict(_opened(target).attrs)
         if attrs.get(COMPLETE_ATTR) is True:
-            stores.append((url, fmt, attrs.get("forge:dataset_version")))
+            stores.append((target, attrs.get("forge:dataset_version")))
     return stores
 
 
-def _opened(url: str, fmt: str, **kwargs: Any) -> xr.Dataset:
-    """The store as readers see it, its chunks readable: an Icechunk repository of references is
-    opened with its virtual chunk containers authorized. ``kwargs`` go to ``xr.open_zarr``."""
-    ds = open_published(url, fmt, **kwargs)
-    return open_published(url, fmt, references=True, **kwargs) if REFERENCED_INPUTS_ATTR in ds.attrs else ds
+def _opened(target: Target, **kwargs: Any) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return target.open_published(**kwargs)
 
 
 def _relative(url: str, start: str) -> str:
@@ -101,16 +108,16 @@ def _relative(url: str, start: str) -> str:
     return href if href.startswith("../") else f"./{href}"
 
 
-def _store_info(url: str, fmt: str, version: str | None, collection_dir: str, ds: xr.Dataset) -> StoreInfo:
-    zarr_format = 2 if fmt in ("json", "parquet") or (fmt == "zarr" and Storage(url).exists(".zgroup")) else 3
+def _store_info(target: Target, version: str | None, collection_dir: str, ds: xr.Dataset) -> StoreInfo:
     return StoreInfo(
-        href=_relative(url, collection_dir),
-        target_format=fmt,
-        zarr_format=zarr_format,
-        consolidated=fmt == "zarr",
+        href=_relative(target.url, collection_dir),
+        target_format=target.format,
         version=version,
         provenance={k: ds.attrs.get(k) for k in PROVENANCE},
-        references=REFERENCED_INPUTS_ATTR in ds.attrs,
+        fields=target.asset_fields(),
+        media_type=target.media_type,
+        roles=tuple(target.roles),
+        references=target.references,
     )
 
 
@@ -123,8 +130,8 @@ def write_recipe_entry(
         raise CatalogError(f"no published store of {recipe_id!r} under {target_root}")
     root = Storage(target_root)
     collection_dir = root.url(recipe_id)
-    opened = {url: _opened(url, fmt) for url, fmt, _ in stores}
-    infos = {url: _store_info(url, fmt, v, collection_dir, opened[url]) for url, fmt, v in stores}
+    opened = {t.url: _opened(t) for t, _ in stores}
+    infos = {t.url: _store_info(t, v, collection_dir, opened[t.url]) for t, v in stores}
     versioned = [i for i in infos.values() if i.version]
     latest_url = max(infos, key=lambda u: infos[u].major or 0)
     collection = collection_for(recipe_id, meta, opened[latest_url], infos[latest_url], links)
@@ -153,8 +160,8 @@ def write_recipe_entry(
     for rel, href in collection_links:
         collection.add_link(pystac.Link(rel, href, media_type=pystac.MediaType.JSON))
     # Without dask, a step is read as one (not its whole chunk of steps, decoded): small reads
-    latest_fmt = next(fmt for url, fmt, _ in stores if url == latest_url)
-    add_pictures(collection, root, recipe_id, _opened(latest_url, latest_fmt, chunks=None))
+    latest = next(t for t, _ in stores if t.url == latest_url)
+    add_pictures(collection, root, recipe_id, _opened(latest, chunks=None))
     for item in items:
         root.write_text(f"{recipe_id}/{item.id}.json", _dump(item))
     root.write_text(f"{recipe_id}/{COLLECTION}", _dump(collection))
@@ -274,7 +281,8 @@ def write_page(target_root: str) -> str:
         store_url, asset = find(target_root, doc["id"])
         items = [item for _, item in _linked(url, doc, "item")]
         folder = posixpath.relpath(posixpath.dirname(url), target_root.rstrip("/")) + "/"
-        snippets = open_snippets(doc["id"], target_root, store_url, asset)
+        target = _asset_target(store_url, asset)
+        snippets = open_snippets(doc["id"], target_root, target.reader_snippet())
         entries.append(Entry(doc, folder, items, snippets))
     title = read_json(_root_url(target_root)).get("title") or "forge datasets"
     Storage(target_root).write_text(PAGE, catalog_page(title, entries))
@@ -365,6 +373,4 @@ def listing(catalog: str, now: dt.datetime | None = None) -> list[str]:
 def open_dataset(recipe_id: str, catalog: str = "data/target", version: str | None = None) -> xr.Dataset:
     """A dataset as the catalog publishes it: the latest version, or ``version`` ("1" or "1.1")."""
     url, asset = find(catalog, recipe_id, version)
-    if asset.get("forge:references"):
-        return open_references(url)
-    return target_at(url, asset.get("forge:format", "zarr")).open_published()
+    return _asset_target(url, asset).open_published()

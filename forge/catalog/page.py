@@ -134,64 +134,13 @@ def catalog_page(title: str, entries: Sequence[Entry]) -> str:
     )
 
 
-def open_snippets(
-    recipe_id: str, catalog_root: str, store_url: str, asset: Mapping[str, Any]
-) -> list[Snippet]:
-    """How to open the dataset: through forge's catalog, and with xarray (and icechunk) alone."""
-    snippets = [
+def open_snippets(recipe_id: str, catalog_root: str, reader: tuple[str, str]) -> list[Snippet]:
+    """How to open the dataset: through forge's catalog, and as its kind of target opens it (``reader``:
+    a title and code)."""
+    return [
         Snippet(
             "Open with forge",
             f"import forge\n\nds = forge.open_dataset({recipe_id!r}, catalog={catalog_root!r})",
-        )
+        ),
+        Snippet(*reader),
     ]
-    fmt = asset.get("forge:format")
-    if asset.get("forge:references"):
-        snippets.append(
-            Snippet(
-                "Open with xarray (kerchunk references)",
-                "import xarray as xr\n\n"
-                'ds = xr.open_dataset("reference://", engine="zarr", consolidated=False,\n'
-                f'                     storage_options={{"fo": {store_url!r}}})',
-            )
-            if fmt in ("json", "parquet")
-            else Snippet(
-                "Open with forge (virtual references read from the sources)",
-                f"import forge\n\nds = forge.open_references({store_url!r})",
-            )
-        )
-    elif fmt == "icechunk":
-        snippets.append(
-            Snippet(
-                "Open with icechunk and xarray",
-                "import icechunk\nimport xarray as xr\n\n"
-                f"repo = icechunk.Repository.open({icechunk_storage_code(store_url)})\n"
-                'ds = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)',
-            )
-        )
-    else:
-        consolidated = (asset.get("xarray:open_kwargs") or {}).get("consolidated")
-        snippets.append(
-            Snippet(
-                "Open with xarray",
-                f"import xarray as xr\n\nds = xr.open_zarr({store_url!r}, consolidated={consolidated!r})",
-            )
-        )
-    return snippets
-
-
-def icechunk_storage_code(url: str) -> str:
-    """The icechunk call that makes storage for ``url`` (credentials from the reader's environment)."""
-    parts = urlsplit(url)
-    bucket, prefix = parts.netloc, parts.path.strip("/")
-    if parts.scheme == "s3":
-        return f"icechunk.s3_storage(bucket={bucket!r}, prefix={prefix!r}, from_env=True)"
-    if parts.scheme in ("gs", "gcs"):
-        return f"icechunk.gcs_storage(bucket={bucket!r}, prefix={prefix!r}, from_env=True)"
-    if parts.scheme in ("az", "abfs", "abfss"):
-        container, _, host = bucket.partition("@")
-        account = host.split(".")[0]
-        return (
-            f"icechunk.azure_storage(account={account!r}, container={container!r}, prefix={prefix!r}, "
-            "from_env=True)"
-        )
-    return f"icechunk.local_filesystem_storage({(parts.path if parts.scheme else url)!r})"

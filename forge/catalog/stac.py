@@ -30,7 +30,6 @@ from pystac.extensions.datacube import (
 from pystac.extensions.version import VersionExtension
 
 ZARR_MEDIA_TYPE = "application/vnd+zarr"  # the STAC Zarr best practices' media type
-REFERENCE_MEDIA_TYPES = {"json": "application/json", "parquet": "application/vnd.apache.parquet"}
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,12 @@ class StoreInfo:
     """One published store of a recipe, as the catalog describes it."""
 
     href: str  # where readers find it (relative to the collection's folder when under the root)
-    target_format: str  # zarr or icechunk
-    zarr_format: int
-    consolidated: bool
+    target_format: str  # zarr, icechunk, json or parquet
     version: str | None  # "MAJOR.MINOR"
     provenance: Mapping[str, Any]  # forge:* attributes of the store: version, fingerprint, run
+    fields: Mapping[str, Any]  # what its kind tells a reader (Zarr format, xarray's open kwargs, ...)
+    media_type: str = ZARR_MEDIA_TYPE
+    roles: tuple[str, ...] = ("data",)
     references: bool = False  # virtual references to the sources (a ReferenceRecipe's), not a copy
 
     @property
@@ -173,26 +173,14 @@ def providers(meta: Mapping[str, Any]) -> list[pystac.Provider]:
 
 
 def asset_for(store: StoreInfo) -> pystac.Asset:
-    """The store as an asset: a Zarr media type, the data role, and how to open it."""
-    extra: dict[str, Any] = {
-        "zarr:zarr_format": store.zarr_format,
-        "forge:format": store.target_format,
-        "xarray:open_kwargs": {"consolidated": store.consolidated},
-    }
-    if store.target_format == "icechunk":
-        extra["icechunk:branch"] = "main"
-    media_type, roles = ZARR_MEDIA_TYPE, ["data"]
-    if store.references:  # chunks read from the sources: forge.open_references opens it
-        extra["forge:references"] = True
-        roles = ["data", "references"]
-        media_type = REFERENCE_MEDIA_TYPES.get(store.target_format, ZARR_MEDIA_TYPE)
+    """The store as an asset: its media type and roles, and how to open it (as its kind says)."""
     kind = "references" if store.references else "store"
     return pystac.Asset(
         href=store.href,
         title=f"{store.target_format} {kind}" + (f", version {store.version}" if store.version else ""),
-        media_type=media_type,
-        roles=roles,
-        extra_fields=extra,
+        media_type=store.media_type,
+        roles=list(store.roles),
+        extra_fields=dict(store.fields),
     )
 
 

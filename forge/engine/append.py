@@ -26,7 +26,7 @@ from forge.engine.caching import source_probe
 from forge.engine.fingerprint import digest_inputs
 from forge.engine.layout import stack_of
 from forge.engine.target import checks_for, current_group
-from forge.engine.targets import target_at
+from forge.engine.targets import copy_at
 from forge.engine.targets.base import dims_of
 from forge.engine.template import combine_inputs, provisional_flags
 from forge.engine.times import decode_times, exact_encoding, is_time_units
@@ -75,7 +75,7 @@ def read_state(
 ) -> StoreState:
     """How far the store at ``url`` goes along ``concat_dim`` (``group``: read there, not from what is
     published), or where an interrupted append started (a Zarr store's marker)."""
-    target = target_at(url, target_format)
+    target = copy_at(url, target_format)
     group = group if group is not None else target.published_group()
     if group is None:
         raise AppendError(f"{url} does not exist: build it first (run without --append)")
@@ -265,7 +265,7 @@ def prepare_append(
     first_url = ordered[0].url
     template = combine_inputs(recipe, ordered)
     url = run.store_url  # the published store, or the rebuild this append catches up
-    target = target_at(url, run.target_format)
+    target = copy_at(url, run.target_format)
     work = target.begin_append(run)
     group = work.group()
     state = read_state(url, dim, run.target_format, group)

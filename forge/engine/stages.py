@@ -1,21 +1,29 @@
-"""The recipe's stages as plain functions, and their order, which every runner executes.
+"""The recipes' stages as plain functions, and their order, which every runner executes.
 
-cache (:func:`cache_batch`) -> prepare (:func:`prepare`) -> store (:func:`store_batch`) ->
-finalize (:func:`finalize_target`) -> catalog, with :func:`plan_append` before them in append mode.
-:func:`run_stages` is that order, once, as rechunker's executors run one plan: a runner is an
-:class:`Executor` that says how each stage runs (a call in turn for the local runner, task runs on
-Dask for the Prefect flow), not which stage comes next.
+An XarrayZarrRecipe: cache (:func:`cache_batch`) -> prepare (:func:`prepare`) -> store
+(:func:`store_batch`) -> finalize (:func:`finalize_target`) -> catalog. A ReferenceRecipe: reference
+(:func:`reference_batch`) -> write the references (:func:`write_references`) -> catalog. Both with
+:func:`plan_append` first in append mode. :func:`run_stages` holds those orders, once, as rechunker's
+executors run one plan: a runner is an :class:`Executor` that says how each stage runs (a call in turn
+for the local runner, task runs on Dask for the Prefect flow), not which stage comes next.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from forge.engine.append import describe_append, plan_append, prepare_append
+from forge.engine import append as copies
+from forge.engine.append import describe_append, prepare_append
 from forge.engine.caching import cache_batch, plan_cache, source_probe
+from forge.engine.references import (
+    plan_reference_append,
+    plan_references,
+    reference_batch,
+    write_references,
+)
 from forge.engine.target import began, finalize_target, prepare_target, publish_staged
 from forge.engine.types import InputSummary, RunSpec, TargetSpec, WriteBatch
 from forge.engine.writers import BatchStats, store_batch
@@ -24,6 +32,7 @@ from forge.io.urls import absolute
 from forge.publish.transaction import RebuildBehind
 from forge.recipe.loading import find_recipe, frozen, load_recipe, thawed
 from forge.recipe.meta import version_of
+from forge.recipe.patterns import Key
 from forge.recipe.recipes import REFERENCE_FORMATS, TARGET_FORMATS, Recipe, ReferenceRecipe, XarrayZarrRecipe
 
 __all__ = [
@@ -40,11 +49,14 @@ __all__ = [
     "plan_cache",
     "prepare",
     "publish_staged",
+    "plan_references",
     "recipe_for",
+    "reference_batch",
     "run_spec_for",
     "run_stages",
     "source_probe",
     "store_batch",
+    "write_references",
 ]
 
 
@@ -112,6 +124,17 @@ def recipe_for(run: RunSpec) -> Recipe:
     return recipe.pruned(run.prune)
 
 
+def plan_append(
+    recipe: Recipe, run: RunSpec, exists: Callable[[str], bool] | None = None
+) -> tuple[RunSpec, list[str]]:
+    """The run in append mode (from where the target ends up to what the source has) and the URLs it
+    adds, for either kind of recipe. ``exists`` asks the source for a URL (default: as the recipe's
+    first stage reads it)."""
+    if isinstance(recipe, ReferenceRecipe):
+        return plan_reference_append(recipe, run, exists)
+    return copies.plan_append(recipe, run, exists)
+
+
 def prepare(
     recipe: XarrayZarrRecipe, run: RunSpec, summaries: Sequence[InputSummary]
 ) -> tuple[TargetSpec, list[WriteBatch]]:
@@ -139,7 +162,7 @@ def finalize(
 class Executor(Protocol):
     """How a runner runs each stage of :func:`run_stages`."""
 
-    def recipe_of(self, run: RunSpec) -> XarrayZarrRecipe:
+    def recipe_of(self, run: RunSpec) -> Recipe:
         """The recipe the run works on, pruned as it asks."""
 
     def plan_append(self, run: RunSpec) -> tuple[RunSpec, list[str]]:
@@ -157,12 +180,22 @@ class Executor(Protocol):
     def publish_staged(self, run: RunSpec) -> dict:
         """Publish a rebuild whose catch-up found nothing more to append."""
 
+    def reference(self, run: RunSpec) -> list[tuple[Key, Any]]:
+        """Every input of a ReferenceRecipe's run as a virtual dataset."""
+
+    def write_references(self, run: RunSpec, refs: list[tuple[Key, Any]]) -> dict:
+        """Combine the inputs' references and publish them."""
+
     def publish_catalog(self, run: RunSpec) -> str:
         """Update the STAC catalog (and its page) for the run's recipe."""
 
+    def announce(self, run: RunSpec, summary: dict) -> None:
+        """Tell whoever watches the dataset that new data is published (its staleness alert)."""
+
     def published(self, run: RunSpec, summary: dict, target: TargetSpec | None) -> dict:
         """The run's result, once the catalog is updated: its summary with what the runner adds, and
-        tells (``target``: the run's; None for a caught-up rebuild published as it was)."""
+        tells (``target``: a copying run's; None for references, or a caught-up rebuild published as
+        it was)."""
 
     def note(self, message: str) -> None:
         """Tell the user something about the run (a catch-up, what an append adds)."""
@@ -174,9 +207,8 @@ def nothing_appended(run: RunSpec, new: Any, dry_run: bool) -> dict:
 
 
 def run_stages(run: RunSpec, executor: Executor, *, append: bool = False, dry_run: bool = False) -> dict:
-    """The stages of an XarrayZarrRecipe's run, in order, each run by ``executor``; a rebuild that an
-    append overtook is caught up (:func:`caught_up`) and published again, at most :data:`CATCH_UPS`
-    times."""
+    """The stages of the run's recipe, in order, each run by ``executor``; a rebuild that an append
+    overtook is caught up (:func:`caught_up`) and published again, at most :data:`CATCH_UPS` times."""
     catch_ups = 0
     while True:
         try:
@@ -194,15 +226,28 @@ def _stages(run: RunSpec, executor: Executor, append: bool, dry_run: bool) -> di
         run, new = executor.plan_append(run)
         executor.note(describe_append(executor.recipe_of(run), run, new, dry_run))
         if not new and run.catch_up is not None:  # a rebuild with nothing left to catch up: publish it
-            summary = executor.publish_staged(run)
-            summary["catalog"] = executor.publish_catalog(run)
-            return executor.published(run, summary, None)
+            summary = {**executor.publish_staged(run), "appended": 0}
+            return _announced(run, executor, summary, None)
         if dry_run or not new:
             return nothing_appended(run, new, dry_run)
-    else:
+    if isinstance(executor.recipe_of(run), ReferenceRecipe):
+        summary = executor.write_references(run, executor.reference(run))
+        return _announced(run, executor, summary, None, news=run.append_from is None or summary["appended"])
+    if not append:
         run = began(run)
     target, batches = executor.cache_and_prepare(run)
     stored = executor.store(target, batches)
-    summary = executor.finalize(target, stored)
+    summary = {**executor.finalize(target, stored), "appended": target.appended}
+    # A build that found the same inputs already published publishes nothing new.
+    news = not target.complete and (run.append_from is None or target.appended)
+    return _announced(run, executor, summary, target, news)
+
+
+def _announced(
+    run: RunSpec, executor: Executor, summary: dict, target: TargetSpec | None, news: Any = True
+) -> dict:
+    """The catalog updated, the news told, the run's result."""
     summary["catalog"] = executor.publish_catalog(run)
+    if news:
+        executor.announce(run, summary)
     return executor.published(run, summary, target)

@@ -24,7 +24,7 @@ from forge.engine.chunking import dynamic_chunks
 from forge.engine.fingerprint import fingerprint
 from forge.engine.layout import concat_chunk, concat_write_unit, stack_of
 from forge.engine.summary import describe
-from forge.engine.targets import target_at
+from forge.engine.targets import copy_at
 from forge.engine.template import combine_inputs, provisional_flags, template_dataset
 from forge.engine.types import InputSummary, RunSpec, TargetSpec, Template, WriteBatch
 from forge.engine.write_plan import n_write_batches, plan_write_batches
@@ -46,7 +46,7 @@ def current_group(run: RunSpec) -> zarr.Group | None:
     """The store a run appends to, read-only: what is published, or the unpublished rebuild it catches
     up (a Zarr store beside the published one, or an Icechunk run branch)."""
     branch = run.catch_up.branch if run.catch_up else None
-    return target_at(run.store_url, run.target_format).published_group(branch)
+    return copy_at(run.store_url, run.target_format).published_group(branch)
 
 
 def began(run: RunSpec) -> RunSpec:
@@ -54,7 +54,7 @@ def began(run: RunSpec) -> RunSpec:
     then caught up before it publishes, even those before its prepare stage."""
     if run.append_from is not None or run.catch_up is not None:
         return run
-    published = target_at(run.target_url, run.target_format).published_id()
+    published = copy_at(run.target_url, run.target_format).published_id()
     return dataclasses.replace(run, published_base=published)
 
 
@@ -97,7 +97,7 @@ def prepare_target(
         recipe = dataclasses.replace(recipe, target_chunks=whole)
     fp = fingerprint(recipe, template, summaries, run.version)
     url = run.target_url
-    kind = target_at(url, run.target_format)
+    kind = copy_at(url, run.target_format)
     published = kind.published_group()
     existing = dict(published.attrs) if published is not None else {}
     same = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
@@ -210,7 +210,7 @@ def finalize_target(
     metadata = icechunk_commits.run_metadata(
         kind, run.recipe_id, provenance, target.n_inputs, target.concat_inputs, run.append_from
     )
-    target_at(target.url, target.format).publish(
+    copy_at(target.url, target.format).publish(
         recipe,
         target,
         lambda group: {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)},
@@ -224,5 +224,5 @@ def finalize_target(
 def publish_staged(run: RunSpec, concat_dim: str | None) -> dict:
     """Publish a caught-up rebuild that had nothing left to append: over what is published now, if
     nothing moved it since the catch-up looked (else :class:`RebuildBehind` again)."""
-    target_at(run.store_url, run.target_format).publish_staged(run)
+    copy_at(run.store_url, run.target_format).publish_staged(run)
     return describe(run.target_url, concat_dim, run.target_format)

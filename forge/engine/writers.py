@@ -23,7 +23,7 @@ from xarray.conventions import encode_cf_variable
 
 from forge.engine.caching import opened
 from forge.engine.plan import ChunkWrite, Stack
-from forge.engine.targets import target_at
+from forge.engine.targets import copy_at
 from forge.engine.types import TargetSpec, VariableSpec, WriteBatch
 from forge.errors import RecipeCodeError
 from forge.io.openers import RawInput
@@ -244,7 +244,7 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     """
     t0 = time.perf_counter()
     stats = BatchStats(session=batch.session)
-    group = target_at(target.url, target.format).batch_group(target, batch)
+    group = copy_at(target.url, target.format).batch_group(target, batch)
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None
     inputs = _Inputs(recipe, target, batch)

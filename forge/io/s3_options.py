@@ -92,17 +92,3 @@ class S3Options:
             config["request_payer"] = True
         config |= {name: resolve(secret, lookup) for name, secret in self.credentials}
         return config
-
-    def icechunk_store(self) -> Any:
-        """An Icechunk virtual chunk container's store for S3 sources read this way."""
-        import icechunk
-
-        return icechunk.s3_store(
-            region=self.region,
-            endpoint_url=self.endpoint,
-            allow_http=bool(self.endpoint and self.endpoint.startswith("http://")),
-            anonymous=self.anonymous,
-            s3_compatible=bool(self.endpoint),
-            force_path_style=bool(self.endpoint),
-            requester_pays=self.requester_pays,
-        )

@@ -22,7 +22,7 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ import zarr
 
 from forge._version import __version__
 from forge.errors import ForgeError
+from forge.io.s3_options import S3Options
 from forge.publish.transaction import CatchUp, RebuildBehind, Transaction
 
 if TYPE_CHECKING:
@@ -97,6 +98,56 @@ def open_repository(url: str, create: bool = False) -> Repository:
     if not create:
         raise PublishError(f"{url} is not an Icechunk repository: build it first")
     return _icechunk().Repository.create(storage)
+
+
+def virtual_repository(url: str, prefixes: Sequence[str] = (), s3: S3Options | None = None) -> Repository:
+    """The repository of virtual references at ``url`` (made when missing), with a virtual chunk
+    container for each of ``prefixes`` (``scheme://host/``, or a local folder's ``file://`` URL) that no
+    container covers yet, saved in its config; opened with read access to all of its containers (S3
+    sources as ``s3`` says)."""
+    icechunk = _icechunk()
+    storage = storage_for(url)
+    new = not icechunk.Repository.exists(storage)
+    config = None if new else icechunk.Repository.fetch_config(storage)
+    config = config or icechunk.RepositoryConfig.default()
+    known = set(config.virtual_chunk_containers or {})
+    missing = [p for p in prefixes if not any(p.startswith(k) for k in known)]
+    for prefix in missing:
+        config.set_virtual_chunk_container(
+            icechunk.VirtualChunkContainer(prefix, _container_store(prefix, s3))
+        )
+    access = dict.fromkeys(known | set(missing))
+    if new:
+        return icechunk.Repository.create(storage, config=config, authorize_virtual_chunk_access=access)
+    repo = icechunk.Repository.open(
+        storage, config=config if missing else None, authorize_virtual_chunk_access=access
+    )
+    if missing:
+        repo.save_config()
+    return repo
+
+
+def _container_store(prefix: str, s3: S3Options | None) -> Any:
+    """Where a virtual chunk container's chunks are read from."""
+    parts = urlsplit(prefix)
+    if parts.scheme in ("http", "https"):
+        return _icechunk().http_store()
+    if parts.scheme == "file":
+        return _icechunk().local_filesystem_store(parts.path)
+    if parts.scheme == "s3":  # read as the recipe's storage_options say (credentials: the environment's)
+        s3 = s3 or S3Options()
+        return _icechunk().s3_store(
+            region=s3.region,
+            endpoint_url=s3.endpoint,
+            allow_http=bool(s3.endpoint and s3.endpoint.startswith("http://")),
+            anonymous=s3.anonymous,
+            s3_compatible=bool(s3.endpoint),
+            force_path_style=bool(s3.endpoint),
+            requester_pays=s3.requester_pays,
+        )
+    if parts.scheme in ("gs", "gcs"):
+        return _icechunk().gcs_store()
+    raise PublishError(f"Icechunk cannot hold references to {prefix} sources")
 
 
 def exists(url: str) -> bool:

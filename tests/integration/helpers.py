@@ -40,14 +40,21 @@ def write_recipe(
     recipe_kwargs: str = "",
     name: str = "demo",
     code: str = "",
+    references: str | None = None,
 ) -> Path:
     """A recipe directory ``directory/name/recipe.py`` over ``{SOURCE}/all_{i:04d}.nc``; ``code`` goes
-    before the pattern (a ``process_input``, say)."""
+    before the pattern (a ``process_input``, say). ``references``: a ReferenceRecipe writing that format
+    instead of a copy."""
     path = directory / name / "recipe.py"
     path.parent.mkdir(parents=True, exist_ok=True)
+    made = (
+        f"ReferenceRecipe(pattern, target_format={references!r})"
+        if references
+        else f'XarrayZarrRecipe(pattern, target_chunks={{"time": {chunk}}}, {recipe_kwargs})'
+    )
     path.write_text(
         textwrap.dedent(f"""
-        from forge import ConcatDim, FilePattern, Secret, XarrayZarrRecipe
+        from forge import ConcatDim, FilePattern, ReferenceRecipe, Secret, XarrayZarrRecipe
 
         def url(time):
             return f"{SOURCE}/all_{{time:04d}}.nc"
@@ -55,7 +62,7 @@ def write_recipe(
         {textwrap.indent(textwrap.dedent(code), "        ").strip()}
 
         pattern = FilePattern(url, ConcatDim("time", list(range({n_files}))), {pattern_kwargs})
-        recipe = XarrayZarrRecipe(pattern, target_chunks={{"time": {chunk}}}, {recipe_kwargs})
+        recipe = {made}
     """)
     )
     return path.parent

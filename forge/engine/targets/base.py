@@ -1,7 +1,12 @@
-"""The target interface: what the stages ask of a kind of target (a Zarr store, an Icechunk repository),
-in the spirit of zarr-python's ``Store``: a few operations each kind implements once, and the engine
-(forge.engine.target, forge.engine.append, forge.engine.writers) built on them, never asking which kind
-it has."""
+"""The target interface: what the stages, the catalog and the commands ask of a kind of target, in the
+spirit of zarr-python's ``Store``: a few operations each kind implements once, and the engine
+(forge.engine.target, forge.engine.append, forge.engine.writers, forge.engine.references) and the
+catalog built on them, never asking which kind they have.
+
+:class:`Target` is what every kind is to readers: how it opens, its history, how the catalog describes
+it. :class:`CopyTarget` adds a copy's writes (a Zarr store, an Icechunk repository: template, store
+batches, publish); :class:`~forge.engine.targets.references.ReferenceTarget` adds the references'
+(kerchunk JSON or Parquet, an Icechunk repository of virtual chunks)."""
 
 from __future__ import annotations
 
@@ -16,11 +21,15 @@ import xarray as xr
 import zarr
 
 from forge.engine.attrs import FINGERPRINT_ATTR, PROVISIONAL, PROVISIONAL_ATTRS
+from forge.errors import ForgeError
 from forge.publish.transaction import Transaction
 
 if TYPE_CHECKING:
     from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+    from forge.publish.icechunk import Commit
     from forge.recipe.recipes import XarrayZarrRecipe
+
+ZARR_MEDIA_TYPE = "application/vnd+zarr"  # the STAC Zarr best practices' media type
 
 # The root attributes a run publishes, made from the store as the run leaves it (an append keeps the
 # health record of the steps before it).
@@ -45,15 +54,67 @@ class Work:
         return zarr.open_group(self.store, mode="r+", use_consolidated=False)
 
 
+class NoHistory(ForgeError):
+    """The target keeps no history of its runs (only Icechunk repositories do)."""
+
+
 class Target(ABC):
-    """One kind of target at ``url``: what readers see of it, a run's work on it, and its publish."""
+    """One kind of target at ``url``, as readers and the catalog see it."""
 
     format: ClassVar[str]
+    # Virtual references to the sources' chunks (a ReferenceRecipe's), not a copy of the data.
+    references: ClassVar[bool] = False
     # How readers open it with xarray: consolidated metadata if the store has it (None), or never (False).
     consolidated: ClassVar[bool | None] = None
+    media_type: ClassVar[str] = ZARR_MEDIA_TYPE
 
     def __init__(self, url: str):
         self.url = url
+
+    @abstractmethod
+    def open_published(self, **kwargs: Any) -> xr.Dataset:
+        """The dataset readers see, lazily, its chunks readable (``kwargs`` go to ``xr.open_zarr``);
+        FileNotFoundError if nothing is published."""
+
+    def is_here(self) -> bool:
+        """Whether what is at ``url`` is of this kind, where two kinds share a format (an Icechunk
+        repository holds a copy or references)."""
+        return True
+
+    def history(self) -> list[Commit]:
+        """The published runs, newest first."""
+        raise NoHistory(f"{self.url}: a {self.format} target keeps no history (Icechunk targets do)")
+
+    def rollback(self, to: str, metadata: Mapping[str, Any]) -> str:
+        """Publish again what the run ``to`` published, as a new run that says so; its id."""
+        raise NoHistory(f"{self.url}: a {self.format} target cannot be rolled back (Icechunk targets can)")
+
+    def zarr_format(self) -> int:
+        return 3
+
+    def asset_fields(self) -> dict[str, Any]:
+        """What a reader needs besides the href, for the STAC asset (the Zarr and xarray extensions')."""
+        fields: dict[str, Any] = {
+            "zarr:zarr_format": self.zarr_format(),
+            "forge:format": self.format,
+            "xarray:open_kwargs": {"consolidated": self.consolidated is not False},
+        }
+        if self.references:  # chunks read from the sources: forge.open_references opens it
+            fields["forge:references"] = True
+        return fields
+
+    @property
+    def roles(self) -> list[str]:
+        return ["data", "references"] if self.references else ["data"]
+
+    @abstractmethod
+    def reader_snippet(self) -> tuple[str, str]:
+        """How to open it without forge, for the catalog page: (a title, Python code)."""
+
+
+class CopyTarget(Target):
+    """A target that holds a copy of the data (Zarr, Icechunk): its template, its store batches'
+    writes, and a publish in one step after the checks."""
 
     # -- what readers see ---------------------------------------------------------------------------
     @abstractmethod
@@ -71,10 +132,12 @@ class Target(ABC):
             return None
 
     def open_published(self, **kwargs: Any) -> xr.Dataset:
-        """The dataset readers see, lazily (``kwargs`` go to ``xr.open_zarr``)."""
+        store = self.published_store()
+        if store is None:
+            raise FileNotFoundError(self.url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # zarr's about consolidated metadata
-            return xr.open_zarr(self.published_store(), consolidated=self.consolidated, **kwargs)
+            return xr.open_zarr(store, consolidated=self.consolidated, **kwargs)
 
     def published_id(self) -> str:
         """Which state readers see ("": none), for a build to publish only over what it began from."""

@@ -6,31 +6,88 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import zarr
 
 from forge.engine.acceptance import ReadersView, publish_metadata, run_checks
-from forge.engine.targets.base import AttrsFor, Target, Work, is_rebuild, write_coordinate, write_flags
+from forge.engine.attrs import REFERENCED_INPUTS_ATTR
+from forge.engine.targets.base import (
+    AttrsFor,
+    CopyTarget,
+    Target,
+    Work,
+    is_rebuild,
+    write_coordinate,
+    write_flags,
+)
 from forge.publish import icechunk as repository
 from forge.publish.transaction import Transaction
 
 if TYPE_CHECKING:
     from forge.engine.types import RunSpec, TargetSpec, WriteBatch
+    from forge.publish.icechunk import Commit
     from forge.recipe.recipes import XarrayZarrRecipe
 
 
-class IcechunkTarget(Target):
+class IcechunkRepository(Target):
+    """What every Icechunk repository is, whatever it holds: ``main`` is what readers see, and every
+    run one commit on it, kept (history, rollback)."""
+
     format = "icechunk"
     consolidated = False  # a repository's metadata is whole already
+
+    def published_id(self) -> str:
+        return repository.tip(self.url)
+
+    def history(self) -> list[Commit]:
+        return repository.history(self.url)
+
+    def rollback(self, to: str, metadata: Mapping[str, Any]) -> str:
+        return repository.rollback(self.url, to, metadata)
+
+    def asset_fields(self) -> dict[str, Any]:
+        return {**super().asset_fields(), "icechunk:branch": repository.MAIN}
+
+    def reader_snippet(self) -> tuple[str, str]:
+        return (
+            "Open with icechunk and xarray",
+            "import icechunk\nimport xarray as xr\n\n"
+            f"repo = icechunk.Repository.open({icechunk_storage_code(self.url)})\n"
+            'ds = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)',
+        )
+
+
+def icechunk_storage_code(url: str) -> str:
+    """The icechunk call that makes storage for ``url`` (credentials from the reader's environment)."""
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if parts.scheme == "s3":
+        return f"icechunk.s3_storage(bucket={bucket!r}, prefix={prefix!r}, from_env=True)"
+    if parts.scheme in ("gs", "gcs"):
+        return f"icechunk.gcs_storage(bucket={bucket!r}, prefix={prefix!r}, from_env=True)"
+    if parts.scheme in ("az", "abfs", "abfss"):
+        container, _, host = bucket.partition("@")
+        account = host.split(".")[0]
+        return (
+            f"icechunk.azure_storage(account={account!r}, container={container!r}, prefix={prefix!r}, "
+            "from_env=True)"
+        )
+    return f"icechunk.local_filesystem_storage({(parts.path if parts.scheme else url)!r})"
+
+
+class IcechunkTarget(IcechunkRepository, CopyTarget):
+    """An Icechunk repository holding a copy of the data."""
+
+    def is_here(self) -> bool:
+        group = self.published_group()
+        return group is None or REFERENCED_INPUTS_ATTR not in group.attrs
 
     def published_store(self, branch: str | None = None) -> zarr.abc.store.Store | None:
         if not repository.exists(self.url):
             return None
         return repository.published_session(self.url, branch=branch or repository.MAIN).store
-
-    def published_id(self) -> str:
-        return repository.tip(self.url)
 
     def begin_build(self, run: RunSpec, replacing: bool, base: str) -> Work:
         # Readers keep main until the commit, whatever the build replaces.

@@ -13,7 +13,7 @@ import zarr
 
 from forge.engine.acceptance import ReadersView, publish_metadata, run_checks
 from forge.engine.attrs import FINGERPRINT_ATTR
-from forge.engine.targets.base import AttrsFor, Target, Work, dims_of, write_coordinate, write_flags
+from forge.engine.targets.base import AttrsFor, CopyTarget, Work, dims_of, write_coordinate, write_flags
 from forge.errors import ForgeError
 from forge.io.storage import Storage, zarr_store
 from forge.publish.transaction import CatchUp, RebuildBehind
@@ -44,8 +44,17 @@ def staging_url(url: str) -> str:
     return f"{parent}/.{name}.next"
 
 
-class ZarrTarget(Target):
+class ZarrTarget(CopyTarget):
     format = "zarr"
+
+    def zarr_format(self) -> int:
+        return 2 if Storage(self.url).exists(".zgroup") else 3
+
+    def reader_snippet(self) -> tuple[str, str]:
+        return (
+            "Open with xarray",
+            f"import xarray as xr\n\nds = xr.open_zarr({self.url!r}, consolidated=True)",
+        )
 
     def published_store(self, branch: str | None = None) -> zarr.abc.store.Store:
         return zarr_store(self.url, read_only=True)
