@@ -160,7 +160,7 @@ class OnPrefect:
         t1 = time.perf_counter()
         stored = Progress(f"chunks stored for {target.run.recipe_id}", target.n_chunks)
         futures = store_chunks.map(batches, unmapped(target))
-        written = []  # what each batch wrote (on an Icechunk target, its session), its newest steps' stats
+        written = []  # what each batch wrote (on an Icechunk target, its fork), its newest steps' stats
         for future in as_completed(futures):
             if failure_of(future) is None:
                 result = future.result()

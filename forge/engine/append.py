@@ -302,9 +302,9 @@ def prepare_append(
             chunk = chunk or write_units(arr)[axis]
     new_coordinate, new_provisional = target.extend_coordinate(work, dim, stored, encoded, flags)
     n_batches = n_write_batches(recipe, run.workers)
-    sessions = target.template_written(work, f"{run.recipe_id}: template", n_batches)
+    handles = target.template_written(work, f"{run.recipe_id}: template", n_batches)
     batches = plan_write_batches(
-        recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers, sessions=sessions
+        recipe, template, ordered, chunk or n_new, offset=state.length, workers=run.workers, handles=handles
     )
     logger.info(
         "appending %d items (%d inputs) to %s from %s=%s",

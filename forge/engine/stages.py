@@ -155,8 +155,8 @@ def finalize(
     the consolidated metadata (the commit point readers see); on an Icechunk target, one commit of what
     the store batches wrote (:func:`forge.engine.target.finalize_target`). The batches' statistics of the
     newest steps become the store's health record."""
-    sessions = [s.session for s in stored if s.session is not None]
-    return finalize_target(recipe, target, provenance, sessions, [s.health for s in stored])
+    handles = [s.handle for s in stored if s.handle is not None]
+    return finalize_target(recipe, target, provenance, handles, [s.health for s in stored])
 
 
 class Executor(Protocol):

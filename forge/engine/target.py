@@ -103,7 +103,7 @@ def prepare_target(
     same = existing.get(COMPLETE_ATTR) is True and existing.get(FINGERPRINT_ATTR) == fp
     complete = same and not run.rebuild
     chunk = concat_chunk(recipe, template) if template.concat_dim else 1
-    work, sessions = None, []
+    work, handles = None, []
     if complete:
         logger.info("%s is complete with fingerprint %s: nothing to write", url, fp)
     else:
@@ -125,7 +125,7 @@ def prepare_target(
             fmt = recipe.zarr_format
             ds.to_zarr(work.store, mode="w", compute=False, zarr_format=fmt, consolidated=False)
         n_batches = n_write_batches(recipe, run.workers)
-        sessions = kind.template_written(work, f"{run.recipe_id}: template", n_batches)
+        handles = kind.template_written(work, f"{run.recipe_id}: template", n_batches)
         logger.info("prepared %s: %s", url, dict(template.sizes))
     batches = (
         []
@@ -136,7 +136,7 @@ def prepare_target(
             summaries,
             concat_write_unit(recipe, template, chunk),
             workers=run.workers,
-            sessions=sessions,
+            handles=handles,
         )
     )
     spec = TargetSpec(
@@ -194,11 +194,11 @@ def finalize_target(
     recipe: XarrayZarrRecipe,
     target: TargetSpec,
     provenance: Mapping[str, Any],
-    sessions: Sequence[Any] = (),
+    handles: Sequence[Any] = (),
     health: Sequence[Mapping[str, Mapping[int, StepStats]]] = (),
 ) -> dict:
     """Publish: on a Zarr store, provenance attrs, the complete flag and consolidated metadata (the commit
-    point readers of consolidated metadata see); on an Icechunk target, the store batches' sessions
+    point readers of consolidated metadata see); on an Icechunk target, the store batches' forks (``handles``)
     merged, those attrs, and one commit that ``main`` moves to only if no other run published first."""
     if target.complete:
         return describe(target.published_url, target.concat_dim, target.format)
@@ -214,7 +214,7 @@ def finalize_target(
         recipe,
         target,
         lambda group: {**commit_attrs(recipe, target, provenance), **health_attrs(target, group, health)},
-        sessions,
+        handles,
         f"{run.recipe_id}: {kind}, {span}",
         metadata,
     )

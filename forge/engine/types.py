@@ -197,8 +197,10 @@ class WriteBatch:
     # The concat coordinate's values at the batch's positions, from ``label_start`` on, for messages.
     labels: tuple[str, ...] = ()
     label_start: int = 0
-    # Icechunk targets: the session this batch writes through (a picklable fork of the run's session).
-    session: Any = None
+    # What the target gave this batch to write through (CopyTarget.template_written), opaque to the
+    # engine: an Icechunk fork, which Icechunk makes to be pickled to a worker and merged back; None for
+    # a Zarr store, which batches write directly.
+    handle: Any = None
 
     def labels_of(self, chunk: ChunkWrite) -> tuple[str, ...]:
         return self.labels[chunk.start - self.label_start : chunk.stop - self.label_start]

@@ -22,13 +22,13 @@ def plan_write_batches(
     chunk: int,
     offset: int = 0,
     workers: int | None = None,
-    sessions: Sequence[Any] = (),
+    handles: Sequence[Any] = (),
 ) -> list[WriteBatch]:
     """Batches of chunk writes; ``offset`` items are already stored (an append).
 
     At most ``recipe.max_write_batches``, and ``WRITE_BATCHES_PER_WORKER`` per worker when the number of
     workers is known: every batch is a task run, whose orchestration costs what writing a chunk costs.
-    ``sessions``: one Icechunk fork per batch, at least as many as there are batches.
+    ``handles``: what each batch writes through (from the target), at least as many as there are batches.
     """
     dim, stack = template.concat_dim, template.stack_dim
     location = {
@@ -52,8 +52,8 @@ def plan_write_batches(
         inputs = {(p, m, j): location[(p, m, j)] for p in positions for m, j in sources}
         start, stop = chunks[0].start, chunks[-1].stop
         batch_labels = tuple(labels[start - offset : stop - offset]) or tuple(map(str, range(start, stop)))
-        session = sessions[i] if sessions else None
-        batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs, batch_labels, start, session))
+        handle = handles[i] if handles else None
+        batches.append(WriteBatch(f"store-{i:04d}", chunks, inputs, batch_labels, start, handle))
     return batches
 
 

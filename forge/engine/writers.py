@@ -44,7 +44,7 @@ class BatchStats:
     chunks: int = 0
     bytes_written: int = 0  # encoded (packed) bytes handed to Zarr
     seconds: float = 0.0
-    session: Any = None  # Icechunk targets: the batch's fork, what it wrote, for finalize to merge
+    handle: Any = None  # the batch's handle (an Icechunk fork) with what it wrote, for the publish
     # The newest steps' statistics, for the store's health plot: variable -> concat position -> stats
     health: dict[str, dict[int, StepStats]] = field(default_factory=dict)
 
@@ -243,7 +243,7 @@ def store_batch(recipe: XarrayZarrRecipe, target: TargetSpec, batch: WriteBatch)
     writing the previous block; memory holds at most two blocks.
     """
     t0 = time.perf_counter()
-    stats = BatchStats(session=batch.session)
+    stats = BatchStats(handle=batch.handle)
     group = copy_at(target.url, target.format).batch_group(target, batch)
     arrays = {v.name: group[v.name] for v in target.variables}
     pending: Future | None = None

@@ -204,7 +204,7 @@ class CopyTarget(Target):
         recipe: XarrayZarrRecipe,
         target: TargetSpec,
         attrs_for: AttrsFor,
-        sessions: Sequence[Any],
+        handles: Sequence[Any],
         message: str,
         metadata: Mapping[str, Any],
     ) -> None:

@@ -132,18 +132,18 @@ class IcechunkTarget(IcechunkRepository, CopyTarget):
         return repository.fork(work.transaction, n_batches)
 
     def batch_group(self, target: TargetSpec, batch: WriteBatch) -> zarr.Group:
-        return zarr.open_group(batch.session.store, mode="r+", use_consolidated=False)
+        return zarr.open_group(batch.handle.store, mode="r+", use_consolidated=False)
 
     def publish(
         self,
         recipe: XarrayZarrRecipe,
         target: TargetSpec,
         attrs_for: AttrsFor,
-        sessions: Sequence[Any],
+        handles: Sequence[Any],
         message: str,
         metadata: Mapping[str, Any],
     ) -> None:
-        session = repository.merged(target.transaction, sessions)
+        session = repository.merged(target.transaction, handles)
         group = zarr.open_group(session.store, mode="r+", use_consolidated=False)
         group.attrs.update(attrs_for(group))
         if recipe.tests:  # on the commit as readers will open it (consolidated too, if they ask)

@@ -134,7 +134,7 @@ class ZarrTarget(CopyTarget):
         recipe: XarrayZarrRecipe,
         target: TargetSpec,
         attrs_for: AttrsFor,
-        sessions: Sequence[Any],
+        handles: Sequence[Any],
         message: str,
         metadata: Mapping[str, Any],
     ) -> None:
