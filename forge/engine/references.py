@@ -60,14 +60,16 @@ def _registry(urls: Sequence[str], s3: S3Options = NO_OPTIONS, lookup: Lookup = 
     return ObjectStoreRegistry(stores)
 
 
-def _parser(file_type: str):
-    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+# The VirtualiZarr parser that reads each file type's metadata.
+PARSERS = {"netcdf4": "HDFParser", "hdf5": "HDFParser", "netcdf3": "NetCDF3Parser"}
 
-    if file_type in ("netcdf4", "hdf5"):
-        return HDFParser()
-    if file_type == "netcdf3":
-        return NetCDF3Parser()
-    raise ForgeError(f"reference recipes read netcdf4, hdf5 or netcdf3 inputs, not {file_type!r}")
+
+def _parser(file_type: str):
+    from virtualizarr import parsers
+
+    if file_type not in PARSERS:
+        raise ForgeError(f"reference recipes read {', '.join(PARSERS)} inputs, not {file_type!r}")
+    return getattr(parsers, PARSERS[file_type])()
 
 
 def reference_batch(
