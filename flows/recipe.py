@@ -1,4 +1,5 @@
-"""The ``recipe`` flow: cache inputs -> prepare target -> store chunks -> finalize target."""
+"""The ``recipe`` flow: cache inputs -> prepare target -> store chunks -> finalize target (a copy), or
+reference inputs -> write references (a ReferenceRecipe), in the order forge.engine.stages runs them."""
 
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ def recipe(
         url_rewrites: Source URL prefix -> mirror prefix, e.g. a local replica of the source server.
         append: Add only the inputs beyond the store's end (idempotent; finishes an interrupted append).
         dry_run: With append: list what would be added and change nothing.
-        target_format: zarr or icechunk ({recipe_id}.icechunk, every run one commit); default: the recipe's.
+        target_format: zarr or icechunk ({recipe_id}.icechunk, every run one commit); references also json
+            or parquet (kerchunk); default: the recipe's.
         rebuild: Build the store anew beside the published one, even from the same inputs; appends that
             publish meanwhile are caught up before it replaces the published store, in one step.
     """
