@@ -1,2 +1,3 @@
-"""The build: per-input summaries, the target's schema and write plan, and the stages that cache inputs,
-prepare the target, store chunks and finalize it (``stages``), plus appending to a finished store."""
+"""The engine: per-input summaries, the target's schema and write plan, the stages of a copy (cache,
+prepare, store, finalize) and of references (reference, write), their order (``stages``), appends to a
+published target, and the kinds of target behind one interface (``targets``)."""

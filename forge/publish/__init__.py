@@ -1,2 +1,3 @@
-"""Publishing: what readers may see, and when. Icechunk targets commit each run as one transaction
-(``icechunk``); both formats check the data about to be published first (``validate``)."""
+"""Publishing: what readers may see, and when. Icechunk repositories commit each run as one transaction
+(``icechunk``), copies and references alike; every target checks the data about to be published first
+(``validate``)."""
