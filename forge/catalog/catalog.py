@@ -59,26 +59,18 @@ class CatalogError(LookupError):
 def open_published(url: str, target_format: str, references: bool = False, **kwargs: Any) -> xr.Dataset:
     """What readers of the store at ``url`` see, lazily, its chunks readable: a copy, or (``references``)
     the sources behind references. ``kwargs`` go to ``xr.open_zarr``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return _target(url, target_format, references).open_published(**kwargs)
+    return _opened(target_at(url, target_format, references), **kwargs)
 
 
 def _asset_target(url: str, asset: Mapping[str, Any]) -> Target:
     """The target a catalog asset describes."""
-    return _target(url, asset.get("forge:format", "zarr"), bool(asset.get("forge:references")))
+    return target_at(url, asset.get("forge:format", "zarr"), bool(asset.get("forge:references")))
 
 
-def _target(url: str, target_format: str, references: bool) -> Target:
-    try:
-        return target_at(url, target_format, references)
-    except ValueError:  # a format only references are written in
-        return target_at(url, target_format, not references)
-
-
-def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[Target, str | None]]:
-    """The recipe's published targets under ``target_root``, with their versions: one per major
-    version (``{recipe_id}/v{N}.<format>``), or the unversioned ``{recipe_id}.<format>``."""
+def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[Target, str | None, xr.Dataset]]:
+    """The recipe's published targets under ``target_root``, with their versions and what readers see
+    of them: one per major version (``{recipe_id}/v{N}.<format>``), or the unversioned
+    ``{recipe_id}.<format>``."""
     root = Storage(target_root)
     found = []
     for fmt in FORMATS:
@@ -90,13 +82,14 @@ def recipe_stores(target_root: str, recipe_id: str) -> list[tuple[Target, str | 
     stores = []
     for url, fmt in found:
         target = target_found(url, fmt)
-        attrs = dict(_opened(target).attrs)
-        if attrs.get(COMPLETE_ATTR) is True:
-            stores.append((target, attrs.get("forge:dataset_version")))
+        ds = _opened(target)
+        if ds.attrs.get(COMPLETE_ATTR) is True:
+            stores.append((target, ds.attrs.get("forge:dataset_version"), ds))
     return stores
 
 
 def _opened(target: Target, **kwargs: Any) -> xr.Dataset:
+    """What readers see of ``target``, without zarr's warnings about consolidated metadata."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return target.open_published(**kwargs)
@@ -130,8 +123,8 @@ def write_recipe_entry(
         raise CatalogError(f"no published store of {recipe_id!r} under {target_root}")
     root = Storage(target_root)
     collection_dir = root.url(recipe_id)
-    opened = {t.url: _opened(t) for t, _ in stores}
-    infos = {t.url: _store_info(t, v, collection_dir, opened[t.url]) for t, v in stores}
+    opened = {t.url: ds for t, _, ds in stores}
+    infos = {t.url: _store_info(t, v, collection_dir, ds) for t, v, ds in stores}
     versioned = [i for i in infos.values() if i.version]
     latest_url = max(infos, key=lambda u: infos[u].major or 0)
     collection = collection_for(recipe_id, meta, opened[latest_url], infos[latest_url], links)
@@ -160,7 +153,7 @@ def write_recipe_entry(
     for rel, href in collection_links:
         collection.add_link(pystac.Link(rel, href, media_type=pystac.MediaType.JSON))
     # Without dask, a step is read as one (not its whole chunk of steps, decoded): small reads
-    latest = next(t for t, _ in stores if t.url == latest_url)
+    latest = next(t for t, _, _ in stores if t.url == latest_url)
     add_pictures(collection, root, recipe_id, _opened(latest, chunks=None))
     for item in items:
         root.write_text(f"{recipe_id}/{item.id}.json", _dump(item))

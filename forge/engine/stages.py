@@ -193,9 +193,9 @@ class Executor(Protocol):
         """Tell whoever watches the dataset that new data is published (its staleness alert)."""
 
     def published(self, run: RunSpec, summary: dict, target: TargetSpec | None) -> dict:
-        """The run's result, once the catalog is updated: its summary with what the runner adds, and
-        tells (``target``: a copying run's; None for references, or a caught-up rebuild published as
-        it was)."""
+        """The run's result, once the catalog is updated: its summary with what the runner adds (a
+        summary artifact of ``target``: a copying run's; None for references, or a caught-up rebuild
+        published as it was)."""
 
     def note(self, message: str) -> None:
         """Tell the user something about the run (a catch-up, what an append adds)."""
@@ -232,19 +232,20 @@ def _stages(run: RunSpec, executor: Executor, append: bool, dry_run: bool) -> di
             return nothing_appended(run, new, dry_run)
     if isinstance(executor.recipe_of(run), ReferenceRecipe):
         summary = executor.write_references(run, executor.reference(run))
-        return _announced(run, executor, summary, None, news=run.append_from is None or summary["appended"])
+        news = run.append_from is None or summary["appended"] > 0
+        return _announced(run, executor, summary, None, news)
     if not append:
         run = began(run)
     target, batches = executor.cache_and_prepare(run)
     stored = executor.store(target, batches)
     summary = {**executor.finalize(target, stored), "appended": target.appended}
     # A build that found the same inputs already published publishes nothing new.
-    news = not target.complete and (run.append_from is None or target.appended)
+    news = not target.complete and (run.append_from is None or target.appended > 0)
     return _announced(run, executor, summary, target, news)
 
 
 def _announced(
-    run: RunSpec, executor: Executor, summary: dict, target: TargetSpec | None, news: Any = True
+    run: RunSpec, executor: Executor, summary: dict, target: TargetSpec | None, news: bool = True
 ) -> dict:
     """The catalog updated, the news told, the run's result."""
     summary["catalog"] = executor.publish_catalog(run)

@@ -50,6 +50,18 @@ class IcechunkRepository(Target):
     def asset_fields(self) -> dict[str, Any]:
         return {**super().asset_fields(), "icechunk:branch": repository.MAIN}
 
+    def holds_references(self) -> bool | None:
+        """Whether ``main`` holds references or a copy (None: nothing is published), read from its root
+        attributes alone (no virtual chunk container needs authorizing for that)."""
+        if not repository.exists(self.url):
+            return None
+        store = repository.published_session(self.url).store
+        try:
+            attrs = zarr.open_group(store, mode="r", use_consolidated=False).attrs
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return None
+        return REFERENCED_INPUTS_ATTR in attrs
+
     def reader_snippet(self) -> tuple[str, str]:
         return (
             "Open with icechunk and xarray",
@@ -81,8 +93,7 @@ class IcechunkTarget(IcechunkRepository, CopyTarget):
     """An Icechunk repository holding a copy of the data."""
 
     def is_here(self) -> bool:
-        group = self.published_group()
-        return group is None or REFERENCED_INPUTS_ATTR not in group.attrs
+        return self.holds_references() is not True
 
     def published_store(self, branch: str | None = None) -> zarr.abc.store.Store | None:
         if not repository.exists(self.url):

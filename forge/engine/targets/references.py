@@ -94,15 +94,26 @@ class KerchunkReferences(ReferenceTarget):
         # S3 sources on an endpoint of their own, or read anonymously: as the references say
         return opened(ds.attrs[SOURCE_OPTIONS_ATTR]) if SOURCE_OPTIONS_ATTR in ds.attrs else ds
 
-    def with_held(self, vds: xr.Dataset, recipe: ReferenceRecipe, run: RunSpec) -> xr.Dataset:
-        """Kerchunk references are written whole: an append's new ones after those the target holds."""
-        if not run.append_from:
-            return vds
-        old = self._held(vds)
-        attrs = agreed(old.attrs, vds.attrs)
-        vds = concat([old, vds], recipe.concat_dim, "override")  # variables' attributes: the store's
-        vds.attrs = attrs
-        return vds
+    def write(
+        self,
+        vds: xr.Dataset,
+        recipe: ReferenceRecipe,
+        run: RunSpec,
+        provenance: Mapping[str, Any],
+        n_new: int,
+    ) -> dict[str, Any]:
+        # Written whole: an append's new references after those the target holds.
+        if run.append_from:
+            old = self._held(vds)
+            attrs = agreed(old.attrs, vds.attrs)
+            vds = concat([old, vds], recipe.concat_dim, "override")  # variables' attributes: the store's
+            vds.attrs = attrs
+        self._write_whole(vds)
+        return {}
+
+    @abstractmethod
+    def _write_whole(self, vds: xr.Dataset) -> None:
+        """Replace the references by all of ``vds``'s."""
 
     def _held(self, like: xr.Dataset) -> xr.Dataset:
         """What the references hold, as a virtual dataset like ``like``: read back (VirtualiZarr), the
@@ -128,19 +139,11 @@ class KerchunkJSON(KerchunkReferences):
     media_type = "application/json"
     parser = "KerchunkJSONParser"
 
-    def write(
-        self,
-        vds: xr.Dataset,
-        recipe: ReferenceRecipe,
-        run: RunSpec,
-        provenance: Mapping[str, Any],
-        n_new: int,
-    ) -> dict[str, Any]:
+    def _write_whole(self, vds: xr.Dataset) -> None:
         """One write of the whole file: readers see the old references or the new, never a mix."""
-        refs = self.with_held(vds, recipe, run).vz.to_kerchunk(format="dict")
+        refs = vds.vz.to_kerchunk(format="dict")
         with fsspec.open(self.url, "w") as f:
             json.dump(refs, f)
-        return {}
 
 
 class KerchunkParquet(KerchunkReferences):
@@ -148,41 +151,26 @@ class KerchunkParquet(KerchunkReferences):
     media_type = "application/vnd.apache.parquet"
     parser = "KerchunkParquetParser"
 
-    def write(
-        self,
-        vds: xr.Dataset,
-        recipe: ReferenceRecipe,
-        run: RunSpec,
-        provenance: Mapping[str, Any],
-        n_new: int,
-    ) -> dict[str, Any]:
+    def _write_whole(self, vds: xr.Dataset) -> None:
         """A directory of record files, written by VirtualiZarr."""
-        vds = self.with_held(vds, recipe, run)
         fs, path = fsspec.core.url_to_fs(self.url)
         if fs.exists(path):
             fs.rm(path, recursive=True)
         vds.vz.to_kerchunk(self.url, format="parquet")
-        return {}
 
 
-class IcechunkReferences(IcechunkRepository, ReferenceTarget):
+class IcechunkReferences(ReferenceTarget, IcechunkRepository):
     """An Icechunk repository of virtual chunks: a virtual chunk container per source store, every
-    build or append one commit."""
+    build or append one commit. Opened through forge (its containers need authorizing)."""
 
     def is_here(self) -> bool:
-        try:
-            return REFERENCED_INPUTS_ATTR in self.open_published().attrs
-        except FileNotFoundError:
-            return False
+        return self.holds_references() is True
 
     def open_published(self, **kwargs: Any) -> xr.Dataset:
         if not repository.exists(self.url):
             raise FileNotFoundError(self.url)
         store = repository.virtual_repository(self.url).readonly_session(repository.MAIN).store
         return xr.open_zarr(store, consolidated=False, zarr_format=3, **kwargs)
-
-    def reader_snippet(self) -> tuple[str, str]:
-        return ReferenceTarget.reader_snippet(self)  # its chunk containers need authorizing: forge does it
 
     def write(
         self,
